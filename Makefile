@@ -1,0 +1,30 @@
+# Two commands do all the set-up: `make bench` and `make test` (both install first, once).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Re-install only when what the build reads changes.
+STAMP := $(VENV)/.mage-fast-installed
+BUILD_INPUTS := setup.py pyproject.toml $(wildcard csrc/*)
+
+.PHONY: install test bench clean
+
+install: $(STAMP)
+
+$(STAMP): $(BUILD_INPUTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+	# torch first, and never replace one that is there (a CUDA build must stay).
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet ninja pybind11 numpy
+	$(PIP) install --quiet --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest tests
+
+bench: install
+	$(VENV)/bin/mage-fast bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info mage_fast/_C*.so

@@ -1,0 +1,1 @@
+"""Triton kernels, installed as mage_fast.kernels (one module per op)."""

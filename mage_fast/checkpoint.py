@@ -1,0 +1,75 @@
+"""Loading official checkpoints: `mage-vit{b,l}-1600.pth` (a dict whose "model" entry holds
+every key, the tokenizer included) and the tokenizer file `vqgan_jax_strongaug.ckpt`."""
+import argparse
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LoadReport:
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    loaded: int = 0
+
+    def __str__(self):
+        lines = [f"loaded {self.loaded} tensors"]
+        if self.missing:
+            lines.append(f"missing ({len(self.missing)}): " + ", ".join(self.missing))
+        if self.unexpected:
+            lines.append(f"unexpected ({len(self.unexpected)}): " + ", ".join(self.unexpected))
+        return "; ".join(lines)
+
+
+def read_state_dict(path: str, trusted: bool = False) -> dict:
+    """The tensors of a checkpoint file: its "model" or "state_dict" entry if it has one.
+    Official MAGE checkpoints also pickle their argparse arguments, which are allowed; other
+    objects need trusted=True (a full unpickle: only for files you trust)."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=not trusted)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"checkpoint not found: {path}") from None
+        except Exception as e:  # an UnpicklingError names the offending global
+            if trusted:
+                raise
+            raise ValueError(f"{path} holds objects beyond tensors ({e}); if you trust the "
+                             "file, load it with trusted=True") from None
+    for entry in ("model", "state_dict"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(entry), dict):
+            return ckpt[entry]
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(ckpt).__name__})")
+    return ckpt
+
+
+def load_checkpoint(model: nn.Module, ckpt: Optional[str] = None, vqgan_ckpt: Optional[str] = None,
+                    strict: bool = True, trusted: bool = False) -> LoadReport:
+    """Load an official MAGE checkpoint and/or the tokenizer checkpoint into `model`.
+
+    The tokenizer file's keys go under `vqgan.*` and take precedence over the same keys in
+    `ckpt`. With strict=True a missing or unexpected key raises a ValueError naming them
+    all; either way the returned report lists them.
+    """
+    if ckpt is None and vqgan_ckpt is None:
+        raise ValueError("give a MAGE checkpoint, a VQGAN checkpoint, or both")
+    state = dict(read_state_dict(ckpt, trusted)) if ckpt else {}
+    if vqgan_ckpt:
+        state.update({f"vqgan.{k}": v for k, v in read_state_dict(vqgan_ckpt, trusted).items()})
+    expected = model.state_dict()
+    if ckpt is None:  # a tokenizer alone: only the tokenizer is expected
+        expected = {k: v for k, v in expected.items() if k.startswith("vqgan.")}
+    report = LoadReport(missing=sorted(set(expected) - set(state)),
+                        unexpected=sorted(set(state) - set(expected)))
+    bad_shapes = [f"{k}: checkpoint {list(state[k].shape)} vs model {list(v.shape)}"
+                  for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if bad_shapes:
+        raise ValueError("checkpoint does not fit this model (wrong config?): " + "; ".join(bad_shapes))
+    if strict and (report.missing or report.unexpected):
+        raise ValueError(f"checkpoint keys do not match the model: {report}")
+    usable = {k: v for k, v in state.items() if k in expected}
+    model.load_state_dict(usable, strict=False)
+    report.loaded = len(usable)
+    return report

@@ -1,0 +1,224 @@
+"""The reference MAGE: pure PyTorch, computed as the official code (LTH14/mage) computes it.
+
+It is the oracle every fast path is tested against, so it favours clarity over speed. Its
+state_dict has exactly the official keys (the tokenizer under `vqgan.*`, the unused
+parameters included), so official checkpoints load with strict=True.
+"""
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..configs import (FAKE_CLASS_ID, MASK_ID, MAGE_B, MAGE_L, NUM_TOKENS, SEQ_LEN,
+                       TINY_TEST, TOKEN_GRID, VOCAB_SIZE, MAGEConfig, VQGANConfig)
+from ..validation import check_ids, check_images, check_noise, check_seeds
+from .decoding import decoding_step
+from .layers import Block, BertEmbeddings, MlmLayer, PatchEmbed, label_smoothed_nll, sincos_pos_embed
+from .vqgan import VQGAN
+
+
+class MAGE(nn.Module):
+    def __init__(self, embed_dim=1024, depth=24, num_heads=16,
+                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
+                 mask_ratio_min=0.5, mask_ratio_max=1.0, mask_ratio_mu=0.55, mask_ratio_std=0.25,
+                 dropout=0.1, vqgan: VQGANConfig = VQGANConfig(), img_size=256, patch_size=16, in_chans=3):
+        super().__init__()
+        if not 0.0 <= mask_ratio_min <= mask_ratio_max <= 1.0:
+            raise ValueError(f"need 0 <= mask_ratio_min <= mask_ratio_max <= 1, got {mask_ratio_min}, {mask_ratio_max}")
+        self.config = MAGEConfig(embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth,
+                                 decoder_num_heads, mlp_ratio, vqgan)
+        self.mask_ratio_min, self.mask_ratio_max = mask_ratio_min, mask_ratio_max
+        self.mask_ratio_mu, self.mask_ratio_std = mask_ratio_mu, mask_ratio_std
+
+        self.vqgan = VQGAN(vqgan)
+        self.vqgan.requires_grad_(False)
+        self.token_emb = BertEmbeddings(VOCAB_SIZE, embed_dim, SEQ_LEN, dropout)
+
+        # Registered but unused by MAGE: present so official checkpoints load strictly.
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, SEQ_LEN, embed_dim), requires_grad=False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, SEQ_LEN, decoder_embed_dim), requires_grad=False)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
+
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, SEQ_LEN, decoder_embed_dim))
+        self.decoder_blocks = nn.ModuleList(
+            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, dropout) for _ in range(decoder_depth))
+        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
+        self.mlm_layer = MlmLayer(decoder_embed_dim, embed_dim, VOCAB_SIZE)
+        self._init_weights()
+
+    def _init_weights(self):
+        self.pos_embed.data.copy_(sincos_pos_embed(self.pos_embed.shape[-1], TOKEN_GRID))
+        self.decoder_pos_embed.data.copy_(sincos_pos_embed(self.decoder_pos_embed.shape[-1], TOKEN_GRID))
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        for p in (self.cls_token, self.mask_token, self.decoder_pos_embed_learned):
+            nn.init.normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # ---------------------------------------------------------------- tokenizer
+    @torch.no_grad()
+    def tokenize(self, images: torch.Tensor) -> torch.Tensor:
+        """float [B, 3, 256, 256] in [0, 1] -> int64 token ids [B, 256]."""
+        check_images(images)
+        return self.vqgan.encode(images.float())
+
+    @torch.no_grad()
+    def detokenize(self, ids: torch.Tensor) -> torch.Tensor:
+        """int [B, 256] codebook ids -> float [B, 3, 256, 256] in [0, 1]."""
+        check_ids(ids, allow_mask=False)
+        return self.vqgan.decode(ids.long())
+
+    # ---------------------------------------------------------------- transformer
+    def _encode(self, tokens, keep=None):
+        """Embed all 257 tokens, keep the rows where `keep` is set (ascending position order,
+        the same count in every row), run the encoder."""
+        x = self.token_emb(tokens)
+        if keep is not None:
+            x = x[keep.nonzero(as_tuple=True)].reshape(x.shape[0], -1, x.shape[-1])
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def _decode(self, x, keep, masked):
+        """Decoder over all 257 slots -> logits [B, 257, 2025]. Every slot starts as the class
+        token's decoder embedding, the kept encoder outputs go back to their positions, and
+        every masked position (dropped or not) is overwritten with the class token again."""
+        x = self.decoder_embed(x)
+        cls_fill = x[:, 0:1].repeat(1, SEQ_LEN, 1)
+        padded = cls_fill.clone()
+        padded[keep.nonzero(as_tuple=True)] = x.reshape(-1, x.shape[-1])
+        x = torch.where(masked.unsqueeze(-1), cls_fill, padded) + self.decoder_pos_embed_learned
+        for block in self.decoder_blocks:
+            x = block(x)
+        x = self.decoder_norm(x)
+        # The head is tied to the word embeddings but detached: no gradient through this use.
+        return self.mlm_layer(x, self.token_emb.word_embeddings.weight.detach())
+
+    @staticmethod
+    def _with_class_token(ids):
+        cls = torch.full((ids.shape[0], 1), FAKE_CLASS_ID, dtype=torch.long, device=ids.device)
+        return torch.cat([cls, ids.long()], dim=1)
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """One generation step's forward: ids [B, 256] (MASK_ID where unknown) -> logits over
+        the codebook [B, 256, 1024]. Nothing is dropped; masked positions are those == MASK_ID."""
+        check_ids(ids, allow_mask=True)
+        tokens = self._with_class_token(ids)
+        keep = torch.ones_like(tokens, dtype=torch.bool)
+        x = self._encode(tokens)
+        return self._decode(x, keep, tokens == MASK_ID)[:, 1:, : self.config.vqgan.codebook_size]
+
+    # ---------------------------------------------------------------- training
+    def sample_mask_ratio(self, generator: Optional[torch.Generator] = None) -> float:
+        """One draw from normal(mu, std) truncated to [mask_ratio_min, mask_ratio_max]."""
+        bounds = torch.tensor([self.mask_ratio_min, self.mask_ratio_max], dtype=torch.float64)
+        lo, hi = torch.special.ndtr((bounds - self.mask_ratio_mu) / self.mask_ratio_std)
+        u = lo + (hi - lo) * torch.rand((), dtype=torch.float64, generator=generator)
+        return float(self.mask_ratio_mu + self.mask_ratio_std * torch.special.ndtri(u))
+
+    def token_counts(self, mask_ratio: float):
+        """(num_dropped, num_masked) for a step: ceil(256 * mask_ratio_min), ceil(256 * ratio)."""
+        return math.ceil(NUM_TOKENS * self.mask_ratio_min), math.ceil(NUM_TOKENS * mask_ratio)
+
+    def masks_from_noise(self, noise, mask_ratio):
+        """(dropped, masked) boolean [B, 256] as the official thresholds define them: the
+        num_dropped (num_masked) smallest noise values. Ties would make the sets too large:
+        the official code redraws the noise then, so given noise with ties is an error."""
+        num_dropped, num_masked = self.token_counts(mask_ratio)
+        sorted_noise = noise.sort(dim=1).values
+        dropped = noise <= sorted_noise[:, num_dropped - 1: num_dropped]
+        masked = noise <= sorted_noise[:, num_masked - 1: num_masked]
+        if dropped.sum() != dropped.shape[0] * num_dropped or masked.sum() != masked.shape[0] * num_masked:
+            raise ValueError("noise has ties at the drop/mask thresholds; draw it again")
+        return dropped, masked
+
+    def _draw_noise(self, batch, device, mask_ratio):
+        while True:  # the official redraw loop: ties in torch.rand are rare but possible
+            noise = torch.rand(batch, NUM_TOKENS, device=device)
+            try:
+                return noise, self.masks_from_noise(noise, mask_ratio)
+            except ValueError:
+                continue
+
+    def forward(self, images: torch.Tensor, mask_ratio: Optional[float] = None,
+                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Training loss. Given mask_ratio and noise ([B, 256] in [0, 1)) this is the official
+        forward exactly; otherwise both are drawn as the official code draws them."""
+        gt = self.tokenize(images)
+        if mask_ratio is None:
+            mask_ratio = self.sample_mask_ratio()
+        if not self.mask_ratio_min <= mask_ratio <= 1.0:
+            raise ValueError(f"mask_ratio must be in [{self.mask_ratio_min}, 1], got {mask_ratio}")
+        if noise is None:
+            noise, (dropped, masked) = self._draw_noise(gt.shape[0], gt.device, mask_ratio)
+        else:
+            check_noise(noise, gt.shape[0])
+            dropped, masked = self.masks_from_noise(noise.to(gt.device), mask_ratio)
+
+        no = torch.zeros(gt.shape[0], 1, dtype=torch.bool, device=gt.device)
+        tokens = self._with_class_token(torch.where(masked, MASK_ID, gt))
+        keep = torch.cat([no, dropped], dim=1).logical_not()
+        masked = torch.cat([no, masked], dim=1)
+        logits = self._decode(self._encode(tokens, keep), keep, masked)
+
+        codebook = self.config.vqgan.codebook_size
+        loss = label_smoothed_nll(logits[:, 1:, :codebook].reshape(-1, codebook), gt.reshape(-1))
+        weight = masked[:, 1:].reshape(-1).float()
+        return (loss * weight).sum() / weight.sum()
+
+    # ---------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(self, seeds: Union[Sequence[int], torch.Tensor], num_iter: int = 12,
+                 choice_temperature: float = 4.5) -> torch.Tensor:
+        """Iterative decoding from all-masked tokens: one seed per image -> ids [B, 256].
+        Runs in eval mode (no dropout) and restores the module's mode afterwards."""
+        seeds = check_seeds(seeds)
+        if num_iter < 1:
+            raise ValueError(f"num_iter must be >= 1, got {num_iter}")
+        if choice_temperature < 0:
+            raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
+        device = self.token_emb.word_embeddings.weight.device
+        seeds = seeds.to(device)
+        ids = torch.full((seeds.shape[0], NUM_TOKENS), MASK_ID, dtype=torch.long, device=device)
+        was_training = self.training
+        self.eval()
+        try:
+            for step in range(num_iter):
+                ids, filled = decoding_step(self.logits(ids), ids, seeds, step, num_iter, choice_temperature)
+        finally:
+            self.train(was_training)
+        return filled
+
+
+def mage_from_config(cfg: MAGEConfig, **kwargs) -> MAGE:
+    args = dict(embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+                decoder_embed_dim=cfg.decoder_embed_dim, decoder_depth=cfg.decoder_depth,
+                decoder_num_heads=cfg.decoder_num_heads, mlp_ratio=cfg.mlp_ratio, vqgan=cfg.vqgan)
+    return MAGE(**{**args, **kwargs})
+
+
+def mage_vit_base_patch16(**kwargs) -> MAGE:
+    return mage_from_config(MAGE_B, **kwargs)
+
+
+def mage_vit_large_patch16(**kwargs) -> MAGE:
+    return mage_from_config(MAGE_L, **kwargs)
+
+
+def mage_vit_tiny_test(**kwargs) -> MAGE:
+    """A tiny model for CPU tests (not a published configuration)."""
+    return mage_from_config(TINY_TEST, **kwargs)
