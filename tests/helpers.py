@@ -1,0 +1,71 @@
+"""Test utilities: error metrics, poisoned allocations, and compiling Triton kernels for real
+GPUs without one."""
+import contextlib
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64; NaN anywhere gives inf (never passes)."""
+    out, ref = out.double(), ref.double()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return ((out - ref).norm() / ref.norm().clamp(min=1e-30)).item()
+
+
+def assert_error_bounded(out, same_precision, exact, factor=2.0, atol=1e-6, what=""):
+    """flash-attention's rule: the kernel's error against an exact (float64) result is at most
+    `factor` times that of the same-precision PyTorch computation, plus a small atol."""
+    err, base = rel_err(out, exact), rel_err(same_precision, exact)
+    assert err <= factor * base + atol, f"{what}: error {err:.3e} vs PyTorch same-precision {base:.3e}"
+
+
+@contextlib.contextmanager
+def poisoned_allocations():
+    """torch.empty/empty_like return NaN-filled (float) or -1-filled (integer) tensors inside
+    the block, so an element a kernel forgets to write shows up in the comparison."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        return t.fill_(float("nan") if t.is_floating_point() else -1)
+
+    torch.empty = lambda *a, **k: poison(real_empty(*a, **k))
+    torch.empty_like = lambda *a, **k: poison(real_empty_like(*a, **k))
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like = real_empty, real_empty_like
+
+
+_COMPILE = """
+import json, sys, importlib, triton
+from triton.compiler import ASTSource
+from triton.backends.compiler import GPUTarget
+spec = json.loads(sys.argv[1])
+fn = getattr(importlib.import_module(spec["module"]), spec["kernel"])
+out = {}
+for arch in spec["archs"]:
+    k = triton.compile(ASTSource(fn=fn, signature=spec["signature"], constexprs=spec["constexprs"]),
+                       target=GPUTarget("cuda", arch, 32))
+    out[arch] = {"ptx": len(k.asm["ptx"]), "cubin": len(k.asm["cubin"])}
+print(json.dumps(out))
+"""
+
+
+def compile_for_gpus(module: str, kernel: str, signature: dict, constexprs: dict, archs=(80, 90)) -> dict:
+    """Compile a @triton.jit kernel to PTX and cubin for each sm_<arch>, with no GPU needed.
+    Runs in a fresh process: under TRITON_INTERPRET the kernels are not compilable objects."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MAGE_FAST_TRITON_INTERPRET")}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    spec = json.dumps({"module": module, "kernel": kernel, "signature": signature,
+                       "constexprs": constexprs, "archs": list(archs)})
+    proc = subprocess.run([sys.executable, "-c", _COMPILE, spec], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, f"compiling {module}.{kernel} failed:\n{proc.stderr[-4000:]}"
+    sizes = json.loads(proc.stdout.strip().splitlines()[-1])
+    for arch in archs:
+        assert sizes[str(arch)]["ptx"] > 0 and sizes[str(arch)]["cubin"] > 0, (arch, sizes)
+    return sizes
