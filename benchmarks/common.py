@@ -57,11 +57,13 @@ def markdown_table(rows, columns):
     return "\n".join(lines)
 
 
-def write_results(name, rows, columns, record=None):
-    """Print the table and write benchmarks/results/<device>-<date>-<name>.{json,md}."""
+def write_results(name, rows, columns, record=None, save=True):
+    """Print the table and (if save) write benchmarks/results/<device>-<date>-<name>.{json,md}."""
     record = record or device_record()
     table = markdown_table(rows, columns)
     print(table)
+    if not save:
+        return None
     stem = f"{record['device'].replace(' ', '_')}-{record['date']}-{name}"
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, stem + ".json"), "w") as f:
