@@ -8,6 +8,7 @@ import math
 from typing import Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..configs import (FAKE_CLASS_ID, MASK_ID, MAGE_B, MAGE_L, NUM_TOKENS, SEQ_LEN,
@@ -83,15 +84,15 @@ class MAGE(nn.Module):
         return self.vqgan.decode(ids.long())
 
     # ---------------------------------------------------------------- transformer
-    def _encode(self, tokens, keep=None):
+    def _encode(self, tokens, keep=None, final_norm=True):
         """Embed all 257 tokens, keep the rows where `keep` is set (ascending position order,
-        the same count in every row), run the encoder."""
+        the same count in every row), run the encoder (and its final LayerNorm)."""
         x = self.token_emb(tokens)
         if keep is not None:
             x = x[keep.nonzero(as_tuple=True)].reshape(x.shape[0], -1, x.shape[-1])
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)
+        return self.norm(x) if final_norm else x
 
     def _decode(self, x, keep, masked):
         """Decoder over all 257 slots -> logits [B, 257, 2025]. Every slot starts as the class
@@ -117,10 +118,28 @@ class MAGE(nn.Module):
         """One generation step's forward: ids [B, 256] (MASK_ID where unknown) -> logits over
         the codebook [B, 256, 1024]. Nothing is dropped; masked positions are those == MASK_ID."""
         check_ids(ids, allow_mask=True)
+        return self.logits_unchecked(ids)
+
+    def logits_unchecked(self, ids: torch.Tensor) -> torch.Tensor:
+        """logits() without the input check, whose host sync would break CUDA-graph capture."""
         tokens = self._with_class_token(ids)
         keep = torch.ones_like(tokens, dtype=torch.bool)
         x = self._encode(tokens)
         return self._decode(x, keep, tokens == MASK_ID)[:, 1:, : self.config.vqgan.codebook_size]
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, pool: str = "avg") -> torch.Tensor:
+        """Recognition features [B, embed_dim]: all 257 tokens through the encoder (nothing masked
+        or dropped). pool="avg": tokens 1..256 averaged, then a LayerNorm without affine (the
+        official linear probe's fc_norm: a fresh LayerNorm, frozen); pool="cls": the final
+        `norm` of the class token."""
+        if pool not in ("avg", "cls"):
+            raise ValueError(f"pool must be 'avg' or 'cls', got {pool!r}")
+        check_images(images)
+        x = self._encode(self._with_class_token(self.vqgan.encode(images.float())), final_norm=False)
+        if pool == "cls":
+            return self.norm(x)[:, 0]
+        return F.layer_norm(x[:, 1:].mean(dim=1), x.shape[-1:], eps=1e-6)
 
     # ---------------------------------------------------------------- training
     def sample_mask_ratio(self, generator: Optional[torch.Generator] = None) -> float:
