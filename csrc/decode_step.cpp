@@ -49,7 +49,7 @@ Step prepare(const at::Tensor& logits, const at::Tensor& ids, const at::Tensor* 
              const std::optional<at::Tensor>& num_initial_unknown, int64_t mask_id) {
   TORCH_CHECK_VALUE(logits.dim() == 3, "decode_step: logits must be [batch, positions, classes], got ", logits.sizes());
   const LogitType type = logit_type_of(logits);
-  TORCH_CHECK_VALUE(logits.is_contiguous(), "decode_step: logits must be contiguous");
+  TORCH_CHECK_VALUE(logits.stride(2) == 1, "decode_step: logits must be contiguous along the classes");
   const int64_t batch = logits.size(0), positions = logits.size(1), classes = logits.size(2);
   TORCH_CHECK_VALUE(classes >= 1 && classes <= kMaxClasses, "decode_step: supports 1 to ", kMaxClasses,
                     " classes (MAGE's codebook is 1024), got ", classes);
@@ -67,6 +67,8 @@ Step prepare(const at::Tensor& logits, const at::Tensor& ids, const at::Tensor* 
   Step s{{}, at::empty_like(ids), at::empty_like(ids), at::empty({batch, positions}, logits.options().dtype(at::kFloat))};
   DecodeStepParams& p = s.params;
   p.logits = logits.data_ptr();
+  p.batch_stride = logits.stride(0);
+  p.row_stride = logits.stride(1);
   p.logit_type = type;
   p.ids = ids.data_ptr<int64_t>();
   p.seeds = seeds ? seeds->data_ptr<int64_t>() : nullptr;
@@ -96,7 +98,7 @@ void sample_rows_cpu(const DecodeStepParams& p) {
         p.confidence[row] = INFINITY;
         continue;
       }
-      const Draw d = sample_row<T>(p.logits, row * p.num_classes, p.num_classes, row_uniform(p, row, kStreamSample));
+      const Draw d = sample_row<T>(p.logits, logits_offset(p, row), p.num_classes, row_uniform(p, row, kStreamSample));
       p.filled[row] = d.id;
       p.confidence[row] = d.log_p + p.tau * gumbel(row_uniform(p, row, kStreamGumbel));
     }

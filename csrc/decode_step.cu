@@ -28,7 +28,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kLanes) sample_kernel(const D
     }
     return;
   }
-  const int64_t base = row * p.num_classes;
+  const int64_t base = logits_offset(p, row);
   float x[kColumnsPerLane];
   float m = -INFINITY;
 #pragma unroll

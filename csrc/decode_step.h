@@ -7,7 +7,8 @@
 namespace mage_fast {
 
 struct DecodeStepParams {
-  const void* logits;               // [batch, positions, num_classes], contiguous
+  const void* logits;               // [batch, positions, num_classes], classes contiguous
+  int64_t batch_stride, row_stride; // of logits, in elements (a [:, 1:, :1024] slice reads in place)
   LogitType logit_type;
   const int64_t* ids;               // [batch, positions], mask_id where unknown
   const int64_t* seeds;             // [batch], or null when u_sample/u_gumbel are given
@@ -24,6 +25,10 @@ struct DecodeStepParams {
   double mask_ratio;                // cos(pi/2 (step+1)/num_iter)
   int64_t mask_id;
 };
+
+MF_HD int64_t logits_offset(const DecodeStepParams& p, int64_t row) {
+  return (row / p.positions) * p.batch_stride + (row % p.positions) * p.row_stride;
+}
 
 // The uniform of a row (b, n) for a stream: given noise, or Philox keyed by (seed, step, n, stream).
 MF_HD float row_uniform(const DecodeStepParams& p, int64_t row, uint32_t stream) {

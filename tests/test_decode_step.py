@@ -65,6 +65,17 @@ def test_generation_loop_follows_the_schedule(num_iter):
     assert fixed == [[k] * 4 for k in schedule(num_iter)]
 
 
+def test_strided_logits_are_read_in_place():
+    """The model's logits are a [:, 1:, :1024] slice of [B, 257, 2025]: no copy needed."""
+    full = torch.randn(3, 257, 2025, generator=torch.Generator().manual_seed(8)) * 3
+    logits = full[:, 1:, :1024]
+    assert not logits.is_contiguous()
+    _, ids, seeds, _, _ = random_case(3, 256, 1024, torch.float32, 0.3, seed=8)
+    got = decode_step(logits, ids, seeds, 1, 12, 4.5)
+    want = decode_step(logits.contiguous(), ids, seeds, 1, 12, 4.5)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_ids_do_not_depend_on_the_batch():
     logits, ids, seeds, _, _ = random_case(5, 256, 1024, torch.float32, 0.3, seed=9)
     full = decode_step(logits, ids, seeds, 2, 12, 4.5)
@@ -104,7 +115,7 @@ def _args(**change):
 @pytest.mark.parametrize("change,error,match", [
     (dict(logits=torch.randn(2, 256, 1024).double()), TypeError, "float32, float16 or bfloat16"),
     (dict(logits=torch.randn(2, 256)), ValueError, "batch, positions, classes"),
-    (dict(logits=torch.randn(2, 1024, 256).transpose(1, 2)), ValueError, "contiguous"),
+    (dict(logits=torch.randn(2, 1024, 256).transpose(1, 2)), ValueError, "contiguous along the classes"),
     (dict(logits=torch.randn(2, 256, 1025)), ValueError, "classes"),
     (dict(ids=torch.full((2, 256), MASK_ID, dtype=torch.int32)), TypeError, "ids"),
     (dict(ids=torch.full((2, 255), MASK_ID)), ValueError, "ids must have shape"),

@@ -2,9 +2,9 @@
 import argparse
 import logging
 
-from . import bench, info
+from . import bench, fid, info, sample
 
-SUBCOMMANDS = (info, bench)
+SUBCOMMANDS = (info, bench, sample, fid)
 
 
 def main(argv=None):

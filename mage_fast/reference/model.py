@@ -96,12 +96,15 @@ class MAGE(nn.Module):
 
     def _decode(self, x, keep, masked):
         """Decoder over all 257 slots -> logits [B, 257, 2025]. Every slot starts as the class
-        token's decoder embedding, the kept encoder outputs go back to their positions, and
-        every masked position (dropped or not) is overwritten with the class token again."""
+        token's decoder embedding, the kept encoder outputs go back to their positions (keep=None:
+        nothing was dropped), and every masked position (dropped or not) is overwritten with the
+        class token again."""
         x = self.decoder_embed(x)
         cls_fill = x[:, 0:1].repeat(1, SEQ_LEN, 1)
-        padded = cls_fill.clone()
-        padded[keep.nonzero(as_tuple=True)] = x.reshape(-1, x.shape[-1])
+        padded = x
+        if keep is not None:
+            padded = cls_fill.clone()
+            padded[keep.nonzero(as_tuple=True)] = x.reshape(-1, x.shape[-1])
         x = torch.where(masked.unsqueeze(-1), cls_fill, padded) + self.decoder_pos_embed_learned
         for block in self.decoder_blocks:
             x = block(x)
@@ -123,9 +126,8 @@ class MAGE(nn.Module):
     def logits_unchecked(self, ids: torch.Tensor) -> torch.Tensor:
         """logits() without the input check, whose host sync would break CUDA-graph capture."""
         tokens = self._with_class_token(ids)
-        keep = torch.ones_like(tokens, dtype=torch.bool)
         x = self._encode(tokens)
-        return self._decode(x, keep, tokens == MASK_ID)[:, 1:, : self.config.vqgan.codebook_size]
+        return self._decode(x, None, tokens == MASK_ID)[:, 1:, : self.config.vqgan.codebook_size]
 
     @torch.no_grad()
     def features(self, images: torch.Tensor, pool: str = "avg") -> torch.Tensor:

@@ -1,0 +1,38 @@
+"""What several subcommands share: choosing and loading a model."""
+import logging
+
+from ..configs import CONFIGS
+
+log = logging.getLogger("mage_fast")
+
+RANDOM_WEIGHTS_WARNING = """
+################################################################################
+#  No --ckpt given: the model has RANDOM WEIGHTS. Outputs are meaningless; use  #
+#  this only to test the pipeline. Official checkpoints: mage-vitb-1600.pth,    #
+#  mage-vitl-1600.pth (LTH14/mage).                                             #
+################################################################################"""
+
+
+def add_model_args(parser, default="mage_vit_base_patch16"):
+    parser.add_argument("--model", choices=sorted(CONFIGS), default=default,
+                        help=f"model size (default: {default})")
+    parser.add_argument("--ckpt", metavar="PATH",
+                        help="official MAGE checkpoint (mage-vit{b,l}-1600.pth); without it, random weights")
+    parser.add_argument("--vqgan-ckpt", metavar="PATH",
+                        help="tokenizer checkpoint (vqgan_jax_strongaug.ckpt), if --ckpt lacks vqgan.* keys")
+
+
+def load_model(args, device):
+    """The model named by --model with --ckpt/--vqgan-ckpt loaded strictly, in eval mode."""
+    import torch
+    from ..checkpoint import load_checkpoint
+    from ..reference import mage_from_config
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # random weights, when no checkpoint, are the same in every process
+        model = mage_from_config(CONFIGS[args.model])
+    if args.ckpt or args.vqgan_ckpt:
+        report = load_checkpoint(model, args.ckpt, args.vqgan_ckpt)
+        log.info("checkpoint: %s", report)
+    if not args.ckpt:
+        log.warning(RANDOM_WEIGHTS_WARNING)
+    return model.to(device).eval()

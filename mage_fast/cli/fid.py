@@ -1,0 +1,63 @@
+"""`mage-fast fid`: FID and Inception Score of generated images with torch-fidelity.
+
+--ref is a folder of reference images (ImageNet val: Resize 256 + CenterCrop 256, saved as
+PNG, MAGE_SPEC.md 5) or a .npz of precomputed statistics with arrays `mu` and `sigma`.
+torch-fidelity is an optional extra (pip install torch-fidelity) and the Inception weights a
+download: pass their file with --inception-weights on machines without internet.
+"""
+import json
+import os
+
+
+def register(sub):
+    p = sub.add_parser("fid", help="FID / Inception Score of a folder of generated images (torch-fidelity)",
+                       description=__doc__)
+    p.add_argument("--gen", required=True, help="folder of generated PNGs")
+    p.add_argument("--ref", required=True, help="folder of reference images, or a .npz with mu and sigma")
+    p.add_argument("--inception-weights", metavar="PATH",
+                   help="torch-fidelity's Inception weights file (pt_inception-2015-12-05-*.pth); "
+                        "default: torch-fidelity downloads them")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--json", metavar="PATH", help="also write the metrics to this JSON file")
+    p.set_defaults(func=run)
+
+
+def _torch_fidelity():
+    try:
+        import torch_fidelity
+        from torch_fidelity import metric_fid
+    except ImportError as e:
+        raise SystemExit(f"mage-fast fid needs torch-fidelity, which is not installed ({e}): "
+                         "pip install torch-fidelity") from None
+    return torch_fidelity, metric_fid
+
+
+def run(args):
+    import numpy as np
+    import torch
+    fidelity, metric_fid = _torch_fidelity()
+    for path, what in ((args.gen, "--gen folder"), (args.ref, "--ref")):
+        if not os.path.exists(path):
+            raise SystemExit(f"{what} not found: {path}")
+    if args.inception_weights and not os.path.isfile(args.inception_weights):
+        raise SystemExit(f"--inception-weights file not found: {args.inception_weights}")
+    options = dict(cuda=(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"),
+                   batch_size=args.batch_size, feature_extractor_weights_path=args.inception_weights,
+                   samples_find_ext="png,jpg,jpeg", verbose=False)
+    if os.path.isdir(args.ref):
+        metrics = fidelity.calculate_metrics(input1=args.gen, input2=args.ref, isc=True, fid=True, **options)
+    else:
+        stats = np.load(args.ref)
+        if "mu" not in stats or "sigma" not in stats:
+            raise SystemExit(f"{args.ref} must hold arrays 'mu' and 'sigma' (reference Inception statistics)")
+        metrics = fidelity.calculate_metrics(input1=args.gen, isc=True, **options)
+        extractor = fidelity.utils.create_feature_extractor("inception-v3-compat", ["2048"], **options)
+        gen_stats = metric_fid.fid_input_id_to_statistics(1, extractor, "2048", input1=args.gen, **options)
+        ref_stats = {"mu": stats["mu"].astype(gen_stats["mu"].dtype), "sigma": stats["sigma"].astype(gen_stats["sigma"].dtype)}
+        metrics.update(metric_fid.fid_statistics_to_metric(gen_stats, ref_stats, verbose=False))
+    for name, value in metrics.items():
+        print(f"{name:40s} {value:.4f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(metrics, f, indent=2)

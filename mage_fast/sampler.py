@@ -1,0 +1,161 @@
+"""Iterative decoding at scale: the whole T-step loop and the VQGAN decode, captured in one
+CUDA graph per batch size and replayed; eager on CPU.
+
+Every random number comes from the decoding-step op's Philox streams keyed by each image's
+seed, so an image depends on its seed alone. On a GPU that holds for a given batch size:
+cuBLAS and cuDNN choose kernels by shape, and another batch size may round differently, so
+`mage-fast sample` pins the batch size of a run (README, Sampling).
+"""
+import logging
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+
+from .configs import MASK_ID, NUM_TOKENS
+from .ops import decode_step
+from .validation import check_images, check_seeds
+
+log = logging.getLogger("mage_fast")
+
+
+class Sampler:
+    def __init__(self, model, num_iter: int = 12, choice_temperature: float = 4.5,
+                 dtype: Optional[torch.dtype] = None, cuda_graphs: bool = True):
+        if num_iter < 1:
+            raise ValueError(f"num_iter must be >= 1, got {num_iter}")
+        if choice_temperature < 0:
+            raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
+        self.model = model.eval()
+        self.device = model.token_emb.word_embeddings.weight.device
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        if self.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
+        self.num_iter, self.choice_temperature = num_iter, choice_temperature
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self._graphs: Dict[int, tuple] = {}
+        if self.device.type == "cuda":
+            model.vqgan.decoder.to(memory_format=torch.channels_last)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    # ------------------------------------------------------------ the computation
+    def _decode_loop(self, ids, seeds, num_initial_unknown=None):
+        """T decoding steps from ids (MASK_ID where unknown) -> the filled ids."""
+        filled = ids
+        for step in range(self.num_iter):
+            with self._autocast():
+                logits = self.model.logits_unchecked(ids)
+            ids, filled = decode_step(logits, ids, seeds, step, self.num_iter, self.choice_temperature,
+                                      num_initial_unknown)
+        return filled
+
+    def _to_pixels(self, ids):
+        """ids [B, 256] -> uint8 [B, 256, 256, 3], as the official script writes them:
+        clip(x * 255, 0, 255) truncated to uint8."""
+        vqgan = self.model.vqgan
+        z = vqgan.quantize.lookup(ids)
+        with self._autocast():
+            if self.device.type == "cuda":
+                x = vqgan.decoder(z.contiguous(memory_format=torch.channels_last))
+            else:
+                # oneDNN picks its convolution by batch size, and rounding with it: one image
+                # at a time keeps an image's pixels independent of its batch.
+                x = torch.cat([vqgan.decoder(z[i: i + 1]) for i in range(z.shape[0])])
+        x = (x.float().clamp(0.0, 1.0) * 255.0).to(torch.uint8)  # float -> uint8 truncates
+        return x.permute(0, 2, 3, 1).contiguous()
+
+    def _generate(self, seeds):
+        ids = torch.full((seeds.shape[0], NUM_TOKENS), MASK_ID, dtype=torch.long, device=self.device)
+        filled = self._decode_loop(ids, seeds)
+        return filled, self._to_pixels(filled)
+
+    # ------------------------------------------------------------ graphs
+    def _graph(self, batch: int):
+        """(graph, static seeds, static outputs) for a batch size: captured once, then replayed."""
+        if batch not in self._graphs:
+            seeds = torch.zeros(batch, dtype=torch.long, device=self.device)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.no_grad(), torch.cuda.stream(side):
+                self._generate(seeds)  # warm-up: lazy initialisation happens outside the capture
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graph):
+                outputs = self._generate(seeds)
+            self._graphs[batch] = (graph, seeds, outputs)
+            log.info("captured the sampling graph for batch %d", batch)
+        return self._graphs[batch]
+
+    @torch.no_grad()
+    def run(self, seeds: Union[Sequence[int], torch.Tensor]):
+        """One image per seed -> (ids [B, 256] int64, images uint8 [B, 256, 256, 3])."""
+        seeds = check_seeds(seeds).to(self.device)
+        if not self.use_graphs:
+            return self._generate(seeds)
+        graph, static_seeds, (ids, images) = self._graph(seeds.shape[0])
+        static_seeds.copy_(seeds)
+        graph.replay()
+        return ids.clone(), images.clone()
+
+    def generate(self, seeds):
+        """One image per seed -> token ids [B, 256]."""
+        return self.run(seeds)[0]
+
+    def sample(self, seeds):
+        """One image per seed -> uint8 images [B, 256, 256, 3]."""
+        return self.run(seeds)[1]
+
+    @torch.no_grad()
+    def edit(self, images: torch.Tensor, token_mask: torch.Tensor, seeds):
+        """Inpainting/outpainting: the tokens of `images` under `token_mask` ([B, 256] bool, True
+        = regenerate) are decoded anew, the schedule counted over those tokens; the rest are kept.
+        Returns (ids, uint8 images). Eager: editing is interactive, not throughput-bound."""
+        check_images(images)
+        seeds = check_seeds(seeds).to(self.device)
+        if token_mask.dtype != torch.bool or tuple(token_mask.shape) != (images.shape[0], NUM_TOKENS):
+            raise ValueError(f"token_mask must be bool [{images.shape[0]}, {NUM_TOKENS}], got "
+                             f"{token_mask.dtype} {list(token_mask.shape)}")
+        if seeds.shape[0] != images.shape[0]:
+            raise ValueError(f"need one seed per image: {seeds.shape[0]} seeds, {images.shape[0]} images")
+        token_mask = token_mask.to(self.device)
+        ids = torch.where(token_mask, MASK_ID, self.model.tokenize(images.to(self.device)))
+        filled = self._decode_loop(ids, seeds, token_mask.sum(1))
+        return filled, self._to_pixels(filled)
+
+
+def pixel_mask_to_tokens(mask: torch.Tensor, grid: int = 16) -> torch.Tensor:
+    """[B, H, W] pixel mask (nonzero = edit) -> [B, grid*grid] bool: a token is regenerated if
+    any pixel of its cell is masked, so the whole edited region is covered."""
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be [B, H, W], got {list(mask.shape)}")
+    cells = torch.nn.functional.adaptive_max_pool2d((mask != 0).float().unsqueeze(1), grid)
+    return cells.flatten(1) > 0
+
+
+def max_batch(sampler: Sampler, limit: int = 4096, safety: float = 0.9) -> int:
+    """The largest batch (a multiple of 8) whose sampling graph fits on the GPU: extrapolate from
+    the measured peak memory of two small eager batches, then capture, backing off on OOM."""
+    if sampler.device.type != "cuda":
+        raise ValueError("max_batch needs a CUDA device")
+    peaks = []
+    for b in (8, 16):
+        torch.cuda.synchronize(sampler.device)
+        torch.cuda.reset_peak_memory_stats(sampler.device)
+        base = torch.cuda.memory_allocated(sampler.device)
+        with torch.no_grad():
+            sampler._generate(torch.arange(b, device=sampler.device))
+        peaks.append(torch.cuda.max_memory_allocated(sampler.device) - base)
+    per_image = max((peaks[1] - peaks[0]) / 8, 1.0)
+    free, _ = torch.cuda.mem_get_info(sampler.device)
+    batch = max(8, min(limit, int(free * safety / per_image)) // 8 * 8)
+    while batch >= 1:
+        try:
+            sampler._graph(batch)
+            log.info("maximum batch: %d (~%.1f MiB per image, %.1f GiB free)", batch, per_image / 2**20, free / 2**30)
+            return batch
+        except torch.OutOfMemoryError:
+            sampler._graphs.pop(batch, None)
+            torch.cuda.empty_cache()
+            batch = batch * 9 // 10 // 8 * 8 if batch > 8 else batch // 2
+    raise RuntimeError("not even one image fits on the GPU")

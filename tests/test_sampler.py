@@ -1,0 +1,149 @@
+"""The sampler and `mage-fast sample`: equal to the reference generate, batch-independent,
+resumable after a kill with byte-identical files; editing keeps the unmasked tokens."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mage_fast.configs import MASK_ID
+from mage_fast.sampler import Sampler, pixel_mask_to_tokens
+
+
+def test_sampler_equals_reference_generate(tiny):
+    seeds = [5, 6, 7]
+    ids, images = Sampler(tiny, num_iter=6, choice_temperature=4.5).run(seeds)
+    assert torch.equal(ids, tiny.generate(seeds, num_iter=6, choice_temperature=4.5))
+    expected = torch.cat([(tiny.detokenize(ids[i:i + 1]) * 255).to(torch.uint8) for i in range(3)]).permute(0, 2, 3, 1)
+    assert images.dtype == torch.uint8 and images.shape == (3, 256, 256, 3)
+    assert torch.equal(images, expected)
+
+
+def test_images_do_not_depend_on_the_batch(tiny):
+    sampler = Sampler(tiny, num_iter=4)
+    ids, images = sampler.run([10, 11, 12, 13])
+    for part in ([11], [13, 10]):
+        p_ids, p_images = sampler.run(part)
+        rows = [s - 10 for s in part]
+        assert torch.equal(p_ids, ids[rows]) and torch.equal(p_images, images[rows])
+
+
+def test_bad_arguments(tiny):
+    with pytest.raises(ValueError, match="num_iter"):
+        Sampler(tiny, num_iter=0)
+    with pytest.raises(ValueError, match="dtype"):
+        Sampler(tiny, dtype=torch.int32)
+    with pytest.raises(ValueError, match="seeds"):
+        Sampler(tiny).run([])
+
+
+def test_edit_keeps_every_token_outside_the_mask(tiny, images):
+    token_mask = torch.zeros(2, 256, dtype=torch.bool)
+    token_mask[0, 40:90] = True          # inpaint a band
+    token_mask[1, :16] = True            # outpaint the top row and the left column
+    token_mask[1, ::16] = True
+    ids, pixels = Sampler(tiny, num_iter=5).edit(images, token_mask, [1, 2])
+    original = tiny.tokenize(images)
+    assert torch.equal(ids[~token_mask], original[~token_mask])
+    assert (ids[token_mask] != MASK_ID).all() and ids.max() < 1024
+    assert not torch.equal(ids[token_mask], original[token_mask])
+    assert pixels.shape == (2, 256, 256, 3)
+    with pytest.raises(ValueError, match="token_mask"):
+        Sampler(tiny).edit(images, token_mask.float(), [1, 2])
+
+
+def test_pixel_mask_to_tokens():
+    mask = torch.zeros(1, 256, 256)
+    mask[0, 20, 40] = 1                  # pixel row 20, column 40 -> token (1, 2)
+    mask[0, 255, 255] = 1                # the last token
+    tokens = pixel_mask_to_tokens(mask)
+    assert tokens.shape == (1, 256) and tokens.sum() == 2
+    assert tokens[0, 1 * 16 + 2] and tokens[0, 255]
+
+
+# ---------------------------------------------------------------- the command
+CLI = [sys.executable, "-m", "mage_fast.cli.__main__"]
+
+
+def sample_cmd(out, *extra):
+    return CLI + ["sample", "--model", "mage_vit_tiny_test", "--num-images", "14", "--num-iter", "3",
+                  "--batch-size", "2", "--out", str(out), "--device", "cpu", *extra]
+
+
+def pngs(folder):
+    return sorted(n for n in os.listdir(folder) if n.endswith(".png"))
+
+
+def test_killed_run_resumes_with_identical_files(tmp_path):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    subprocess.run(sample_cmd(clean, "--npz"), check=True, capture_output=True)
+    proc = subprocess.Popen(sample_cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not killed.exists() or len(pngs(killed)) < 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(pngs(killed))
+    assert 5 <= partial < 14, "the kill should land mid-run"
+    subprocess.run(sample_cmd(killed, "--npz"), check=True, capture_output=True)
+    assert pngs(killed) == pngs(clean) == [f"{i:06d}.png" for i in range(14)]
+    assert sorted(os.listdir(killed)) == sorted(os.listdir(clean))      # no .tmp or extra files
+    for name in pngs(clean):
+        assert (killed / name).read_bytes() == (clean / name).read_bytes(), name
+    arr = np.load(str(clean) + ".npz")["arr_0"]
+    assert arr.shape == (14, 256, 256, 3) and arr.dtype == np.uint8
+    assert np.array_equal(arr, np.load(str(killed) + ".npz")["arr_0"])
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "run"
+    subprocess.run(sample_cmd(out), check=True, capture_output=True)
+    assert json.loads((out / "manifest.json").read_text())["batch_size"] == 2
+    proc = subprocess.run(sample_cmd(out, "--temperature", "6.0"), capture_output=True, text=True)
+    assert proc.returncode != 0 and "other settings" in proc.stderr
+
+
+def test_fid_names_the_missing_package(tmp_path, monkeypatch):
+    from mage_fast.cli import main
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)   # import fails as if not installed
+    with pytest.raises(SystemExit, match="pip install torch-fidelity"):
+        main(["fid", "--gen", str(tmp_path), "--ref", str(tmp_path)])
+
+
+# ---------------------------------------------------------------- GPU
+@pytest.mark.gpu
+def test_graph_replay_equals_eager():
+    from mage_fast.reference import mage_vit_tiny_test
+    torch.manual_seed(0)
+    model = mage_vit_tiny_test().cuda().eval()
+    seeds = list(range(100, 116))
+    for dtype in (torch.float32, torch.bfloat16):
+        graphed = Sampler(model, num_iter=6, dtype=dtype).run(seeds)
+        eager = Sampler(model, num_iter=6, dtype=dtype, cuda_graphs=False).run(seeds)
+        assert torch.equal(graphed[0], eager[0]) and torch.equal(graphed[1], eager[1])
+        again = Sampler(model, num_iter=6, dtype=dtype).run(seeds)   # a second replay of a new graph
+        assert torch.equal(graphed[0], again[0])
+
+
+@pytest.mark.gpu
+def test_max_batch_fits():
+    from mage_fast.reference import mage_vit_tiny_test
+    from mage_fast.sampler import max_batch
+    model = mage_vit_tiny_test().cuda().eval()
+    sampler = Sampler(model, num_iter=2)
+    batch = max_batch(sampler, limit=256)
+    assert 8 <= batch <= 256
+    assert sampler.sample(list(range(batch))).shape == (batch, 256, 256, 3)
+
+
+def test_benchmark_script_runs():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "bench_sampler.py", "--smoke", "--repeats", "1"],
+                          cwd=os.path.join(root, "benchmarks"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "graph sampler" in proc.stdout and "official" in proc.stdout
