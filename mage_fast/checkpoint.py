@@ -2,7 +2,7 @@
 every key, the tokenizer included) and the tokenizer file `vqgan_jax_strongaug.ckpt`."""
 import argparse
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -46,12 +46,15 @@ def read_state_dict(path: str, trusted: bool = False) -> dict:
 
 
 def load_checkpoint(model: nn.Module, ckpt: Optional[str] = None, vqgan_ckpt: Optional[str] = None,
-                    strict: bool = True, trusted: bool = False) -> LoadReport:
+                    strict: bool = True, trusted: bool = False,
+                    prefixes: Optional[Tuple[str, ...]] = None) -> LoadReport:
     """Load an official MAGE checkpoint and/or the tokenizer checkpoint into `model`.
 
     The tokenizer file's keys go under `vqgan.*` and take precedence over the same keys in
     `ckpt`. With strict=True a missing or unexpected key raises a ValueError naming them
-    all; either way the returned report lists them.
+    all; either way the returned report lists them. With `prefixes`, only the model's keys
+    that start with one of them are expected (and loaded); the checkpoint's others count as
+    unexpected.
     """
     if ckpt is None and vqgan_ckpt is None:
         raise ValueError("give a MAGE checkpoint, a VQGAN checkpoint, or both")
@@ -61,6 +64,8 @@ def load_checkpoint(model: nn.Module, ckpt: Optional[str] = None, vqgan_ckpt: Op
     expected = model.state_dict()
     if ckpt is None:  # a tokenizer alone: only the tokenizer is expected
         expected = {k: v for k, v in expected.items() if k.startswith("vqgan.")}
+    if prefixes is not None:
+        expected = {k: v for k, v in expected.items() if k.startswith(prefixes)}
     report = LoadReport(missing=sorted(set(expected) - set(state)),
                         unexpected=sorted(set(state) - set(expected)))
     bad_shapes = [f"{k}: checkpoint {list(state[k].shape)} vs model {list(v.shape)}"

@@ -147,3 +147,31 @@ def test_benchmark_script_runs():
                           cwd=os.path.join(root, "benchmarks"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "graph sampler" in proc.stdout and "official" in proc.stdout
+
+
+def test_edit_command_inpaints_under_the_mask(tmp_path):
+    from PIL import Image
+    from mage_fast.cli import main
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 256, 3), dtype=np.uint8)          # cropped to the middle 256 rows
+    mask = np.zeros((300, 256), dtype=np.uint8)
+    mask[100:140, 60:100] = 255                                           # rows 78..117 after the crop
+    Image.fromarray(image).save(tmp_path / "in.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    main(["edit", "--model", "mage_vit_tiny_test", "--image", str(tmp_path / "in.png"), "--mask",
+          str(tmp_path / "mask.png"), "--out", str(out), "--num-iter", "3", "--device", "cpu", "--paste-original"])
+    edited = np.asarray(Image.open(out))
+    assert edited.shape == (256, 256, 3)
+    cropped = image[22:278]
+    rows = np.zeros(256, dtype=bool)
+    rows[64:128] = True                                                   # token rows 4..7 cover 78..117
+    cols = np.zeros(256, dtype=bool)
+    cols[48:112] = True                                                   # token cols 3..6 cover 60..99
+    inside = rows[:, None] & cols[None, :]
+    assert np.array_equal(edited[~inside], cropped[~inside])
+    assert not np.array_equal(edited[inside], cropped[inside])
+    with pytest.raises(SystemExit, match="same size|image's size"):
+        Image.fromarray(mask[:200]).save(tmp_path / "small.png")
+        main(["edit", "--model", "mage_vit_tiny_test", "--image", str(tmp_path / "in.png"), "--mask",
+              str(tmp_path / "small.png"), "--out", str(out), "--device", "cpu"])

@@ -2,9 +2,9 @@
 import argparse
 import logging
 
-from . import bench, fid, info, sample
+from . import bench, edit, features, fewshot, fid, info, linprobe, sample
 
-SUBCOMMANDS = (info, bench, sample, fid)
+SUBCOMMANDS = (info, bench, sample, edit, fid, features, linprobe, fewshot)
 
 
 def main(argv=None):

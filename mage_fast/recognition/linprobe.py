@@ -1,0 +1,115 @@
+"""The official linear probe (MAE's, which MAGE's main_linprobe.py keeps), on cached features.
+
+Head: BatchNorm1d(affine=False, eps=1e-6) then Linear (weight trunc-normal std 0.01, bias 0),
+trained with LARS (momentum 0.9, no weight decay) on cross-entropy; lr = blr * batch / 256,
+set every iteration: linear warm-up from 0, then a half-cycle cosine to 0. Batches are drawn
+without replacement and the last incomplete one is dropped, as the official loader does.
+
+Where it differs from the official run: the features are computed once from the eval crop,
+while the official probe re-encodes a RandomResizedCrop + flip of each image every epoch
+(with the token embedding's dropout active); it trains in fp32 rather than fp16 autocast; it
+reports the accuracy after the last epoch, not the best over epochs.
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .store import FeatureSet, labelled_pair
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum whose update of each matrix is rescaled to trust_coefficient * |w| /
+    |update| (You et al., 2017); vectors (biases, norms) get the plain momentum update and no
+    weight decay, as in the official LARS."""
+
+    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
+                 trust_coefficient: float = 0.001):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                      trust_coefficient=trust_coefficient))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad
+                if p.ndim > 1:
+                    update = update.add(p, alpha=group["weight_decay"])
+                    w_norm, u_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(update)
+                    # A zero weight or update has no ratio to trust: leave the step unscaled.
+                    trust = torch.where((w_norm > 0) & (u_norm > 0),
+                                        group["trust_coefficient"] * w_norm / u_norm, torch.ones_like(w_norm))
+                    update = update * trust
+                state = self.state[p]
+                if "momentum" not in state:
+                    state["momentum"] = torch.zeros_like(p)
+                state["momentum"].mul_(group["momentum"]).add_(update)
+                p.add_(state["momentum"], alpha=-group["lr"])
+        return loss
+
+
+def lr_at(epoch: float, lr: float, epochs: float, warmup_epochs: float) -> float:
+    """The official per-iteration schedule at fractional `epoch`: linear warm-up, then a
+    half-cycle cosine down to 0 at `epochs`."""
+    if epoch < warmup_epochs:
+        return lr * epoch / warmup_epochs
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs)))
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Percentage of rows whose label is among the k highest logits."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return 100.0 * (top == labels[:, None]).any(dim=1).float().mean().item()
+
+
+def linear_probe(train: FeatureSet, val: FeatureSet, epochs: int = 90, batch_size: int = 4096,
+                 blr: float = 0.1, warmup_epochs: Optional[float] = None, seed: int = 0,
+                 device="cpu", progress: bool = True) -> dict:
+    """Train the probe on `train`, evaluate on `val`: {"top1", "top5"} in percent, with the lr,
+    batch size and schedule used. warmup_epochs defaults to epochs / 9 (10 of the official 90);
+    a training set smaller than batch_size is one batch (and the lr follows that batch)."""
+    num_classes = labelled_pair(train, val)
+    warmup = epochs / 9 if warmup_epochs is None else warmup_epochs
+    if epochs < 1 or not 0 <= warmup < epochs:
+        raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs < epochs, got {epochs}, {warmup}")
+    batch = min(batch_size, len(train.features))
+    if batch < 2:  # BatchNorm needs two rows to normalise
+        raise ValueError(f"the linear probe needs batches of at least 2 features, got {batch}")
+    lr = blr * batch / 256
+    generator = torch.Generator().manual_seed(seed)
+    head = nn.Sequential(nn.BatchNorm1d(train.dim, affine=False, eps=1e-6), nn.Linear(train.dim, num_classes))
+    nn.init.trunc_normal_(head[1].weight, std=0.01, generator=generator)
+    nn.init.zeros_(head[1].bias)
+    head.to(device)
+    x, y = torch.from_numpy(train.features).float().to(device), torch.from_numpy(train.labels).to(device)
+    optimizer = LARS(head.parameters(), lr=lr, weight_decay=0.0, momentum=0.9)
+    steps = len(x) // batch
+    bar = tqdm(range(epochs), desc="linear probe", unit="epoch", disable=not progress)
+    for epoch in bar:
+        head.train()
+        order = torch.randperm(len(x), generator=generator).to(device)
+        for step in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch + step / steps, lr, epochs, warmup)
+            idx = order[step * batch:(step + 1) * batch]
+            loss = F.cross_entropy(head(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    head.eval()
+    with torch.no_grad():
+        logits = head(torch.from_numpy(val.features).float().to(device))
+    labels = torch.from_numpy(val.labels).to(device)
+    return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5),
+            "lr": lr, "batch_size": batch, "epochs": epochs, "warmup_epochs": warmup,
+            "train": len(x), "val": len(labels), "classes": num_classes}
