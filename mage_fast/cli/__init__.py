@@ -2,9 +2,9 @@
 import argparse
 import logging
 
-from . import bench, edit, features, fewshot, fid, info, linprobe, sample
+from . import bench, edit, features, fewshot, fid, info, linprobe, sample, train
 
-SUBCOMMANDS = (info, bench, sample, edit, fid, features, linprobe, fewshot)
+SUBCOMMANDS = (info, bench, sample, edit, fid, features, linprobe, fewshot, train)
 
 
 def main(argv=None):

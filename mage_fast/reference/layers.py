@@ -49,10 +49,10 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block (LayerNorm eps 1e-6, exact GELU, no drop path)."""
 
-    def __init__(self, dim, num_heads, mlp_ratio, dropout):
+    def __init__(self, dim, num_heads, mlp_ratio, dropout, attention=Attention):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, dropout)
+        self.attn = attention(dim, num_heads, dropout)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
 

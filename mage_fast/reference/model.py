@@ -15,11 +15,15 @@ from ..configs import (FAKE_CLASS_ID, MASK_ID, MAGE_B, MAGE_L, NUM_TOKENS, SEQ_L
                        TINY_TEST, TOKEN_GRID, VOCAB_SIZE, MAGEConfig, VQGANConfig)
 from ..validation import check_ids, check_images, check_noise, check_seeds
 from .decoding import decoding_step
-from .layers import Block, BertEmbeddings, MlmLayer, PatchEmbed, label_smoothed_nll, sincos_pos_embed
+from .layers import Attention, Block, BertEmbeddings, MlmLayer, PatchEmbed, label_smoothed_nll, sincos_pos_embed
 from .vqgan import VQGAN
 
 
 class MAGE(nn.Module):
+    # What a faster subclass swaps in: the attention module and the decoding step.
+    attention = Attention
+    decoding_step = staticmethod(decoding_step)
+
     def __init__(self, embed_dim=1024, depth=24, num_heads=16,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
                  mask_ratio_min=0.5, mask_ratio_max=1.0, mask_ratio_mu=0.55, mask_ratio_std=0.25,
@@ -44,12 +48,14 @@ class MAGE(nn.Module):
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, SEQ_LEN, decoder_embed_dim), requires_grad=False)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans)
 
-        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, dropout, self.attention)
+                                    for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, SEQ_LEN, decoder_embed_dim))
         self.decoder_blocks = nn.ModuleList(
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, dropout) for _ in range(decoder_depth))
+            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, dropout, self.attention)
+            for _ in range(decoder_depth))
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
         self.mlm_layer = MlmLayer(decoder_embed_dim, embed_dim, VOCAB_SIZE)
         self._init_weights()
@@ -75,6 +81,9 @@ class MAGE(nn.Module):
     def tokenize(self, images: torch.Tensor) -> torch.Tensor:
         """float [B, 3, 256, 256] in [0, 1] -> int64 token ids [B, 256]."""
         check_images(images)
+        return self._tokenize(images)
+
+    def _tokenize(self, images):
         return self.vqgan.encode(images.float())
 
     @torch.no_grad()
@@ -138,7 +147,7 @@ class MAGE(nn.Module):
         if pool not in ("avg", "cls"):
             raise ValueError(f"pool must be 'avg' or 'cls', got {pool!r}")
         check_images(images)
-        x = self._encode(self._with_class_token(self.vqgan.encode(images.float())), final_norm=False)
+        x = self._encode(self._with_class_token(self._tokenize(images)), final_norm=False)
         if pool == "cls":
             return self.norm(x)[:, 0]
         return F.layer_norm(x[:, 1:].mean(dim=1), x.shape[-1:], eps=1e-6)
@@ -219,7 +228,8 @@ class MAGE(nn.Module):
         self.eval()
         try:
             for step in range(num_iter):
-                ids, filled = decoding_step(self.logits(ids), ids, seeds, step, num_iter, choice_temperature)
+                ids, filled = self.decoding_step(self.logits_unchecked(ids), ids, seeds, step, num_iter,
+                                                 choice_temperature)
         finally:
             self.train(was_training)
         return filled

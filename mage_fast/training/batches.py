@@ -1,0 +1,115 @@
+"""What each training step sees, as pure functions of the run's seed and of counters.
+
+No random draw of a step comes from a process's RNG state: each is seeded by (seed, stream,
+counters): the data order by the epoch, an image's crop and flip by (epoch, image), the mask
+ratio by the global micro-batch, the noise that picks the dropped and masked tokens by
+(micro-batch, row of the global micro-batch), and dropout by (micro-batch, rank). Hence
+- a resumed run continues the exact sequence of an uninterrupted one, with no RNG state to
+  save, whatever the number of DataLoader workers;
+- a global batch does not depend on how it is split: rank r of W takes rows [r*b, (r+1)*b)
+  of each global micro-batch of W*b rows, so W processes at batch b see the images, crops,
+  mask ratios and noise that one process at batch W*b sees (dropout aside).
+The order is DistributedSampler's contract: a fresh permutation of the images every epoch,
+each image at most once per epoch, the tail that does not fill a step dropped.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..configs import NUM_TOKENS
+from ..data import ImageFolder, TrainTransform
+
+ORDER, CROP, RATIO, NOISE, DROPOUT = range(5)  # independent streams of one run seed
+
+
+def seed_of(*keys: int) -> int:
+    """A 64-bit seed hashed from non-negative ints (SeedSequence: other keys, independent streams)."""
+    return int(np.random.SeedSequence(keys).generate_state(1, np.uint64)[0])
+
+
+def generator(*keys: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed_of(*keys))
+
+
+@dataclass(frozen=True)
+class TrainOrder:
+    """The batch sampler of one rank: the keys (epoch, image, micro-batch, row) of each of its
+    micro-batches from global step `start` to `stop` (default: the end of the first epoch).
+    A step is `accum` micro-batches of `batch` images per rank."""
+    num_images: int
+    batch: int
+    accum: int
+    seed: int
+    rank: int = 0
+    world: int = 1
+    start: int = 0
+    stop: Optional[int] = None
+
+    def __post_init__(self):
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"a step takes {self.images_per_step} images (batch {self.batch} x {self.world} "
+                f"process(es) x {self.accum} accumulation steps) but the folder holds only "
+                f"{self.num_images}: use a smaller --batch-size or --accum-iter")
+
+    @property
+    def images_per_step(self) -> int:
+        return self.batch * self.world * self.accum
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_images // self.images_per_step
+
+    @property
+    def settings(self) -> dict:
+        """What fixes the order of the images and the draws: a resume must keep them."""
+        return {"seed": self.seed, "num_images": self.num_images, "global_batch": self.batch * self.world,
+                "accum_iter": self.accum}
+
+    def _stop(self) -> int:
+        return self.steps_per_epoch if self.stop is None else self.stop
+
+    def __len__(self):
+        return (self._stop() - self.start) * self.accum
+
+    def __iter__(self):
+        spe, rows = self.steps_per_epoch, self.batch * self.world
+        for step in range(self.start, self._stop()):
+            epoch, in_epoch = divmod(step, spe)
+            if in_epoch == 0 or step == self.start:
+                order = torch.randperm(self.num_images, generator=generator(self.seed, ORDER, epoch))
+            for m in range(self.accum):
+                first = (in_epoch * self.accum + m) * rows + self.rank * self.batch
+                yield [(epoch, int(order[first + j]), step * self.accum + m, self.rank * self.batch + j)
+                       for j in range(self.batch)]
+
+
+class TrainSamples(torch.utils.data.Dataset):
+    """(image, noise) of a key from TrainOrder: the image cropped and flipped by the pretraining
+    transform, and noise [256] for the model's forward. The noise is a random permutation of
+    0..255 / 256: the masks depend only on the order of the noise, which a permutation draws
+    uniformly, and having no ties, it never needs the official redraw."""
+
+    def __init__(self, folder: ImageFolder, seed: int, transform: TrainTransform = TrainTransform()):
+        self.folder, self.seed, self.transform = folder, seed, transform
+
+    def __len__(self):
+        return len(self.folder)
+
+    def __getitem__(self, key):
+        epoch, index, micro, row = key
+        image = self.transform(self.folder.load(index), generator=generator(self.seed, CROP, epoch, index))
+        noise = torch.randperm(NUM_TOKENS, generator=generator(self.seed, NOISE, micro, row))
+        return image, noise.float() / NUM_TOKENS
+
+
+def mask_ratio(model, seed: int, micro: int) -> float:
+    """The mask ratio of a global micro-batch: one draw, the same on every rank."""
+    return model.sample_mask_ratio(generator(seed, RATIO, micro))
+
+
+def seed_dropout(seed: int, micro: int, rank: int):
+    """Seed the process RNG (dropout's) for a micro-batch: each rank its own stream."""
+    torch.manual_seed(seed_of(seed, DROPOUT, micro, rank))

@@ -1,0 +1,55 @@
+"""The official optimisation recipe (LTH14/mage main_pretrain.py, MAE-style): which parameters
+train and which decay, the learning-rate scaling rule and its per-iteration schedule."""
+import math
+
+import torch
+from torch import nn
+
+BETAS = (0.9, 0.95)
+# Registered by MAGE only so that checkpoints load strictly; its forward never reads them
+# (MAGE_SPEC 2). pos_embed and decoder_pos_embed are frozen already.
+UNUSED = ("cls_token", "mask_token", "patch_embed.", "decoder_pred.")
+
+
+def freeze_unused(model: nn.Module):
+    """Take the parameters the forward never uses out of training.
+
+    The official code leaves them trainable, but they never get a gradient, so AdamW skips
+    them and they never change: freezing them changes no result. What it buys is that every
+    trainable parameter gets a gradient in every step, so DDP can run with
+    find_unused_parameters=False (no autograd-graph walk after each forward, as the official
+    find_unused_parameters=True costs) and no parameter's gradient is missing from the sync."""
+    for name, p in model.named_parameters():
+        if name.startswith(UNUSED):
+            p.requires_grad_(False)
+
+
+def param_groups(model: nn.Module, weight_decay: float):
+    """timm's add_weight_decay, which the official code uses: trainable parameters only; no
+    decay for those with ndim <= 1 or whose name ends with ".bias" (so mlm_layer.bias, [1, 1,
+    2025], gets none). The no-decay group first, as timm orders them."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    fused = next(model.parameters()).device.type == "cuda"  # one kernel for all params on GPU
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=BETAS, fused=fused)
+
+
+def scaled_lr(blr: float, effective_batch: int) -> float:
+    """The linear scaling rule: lr = blr * effective batch / 256, where the effective batch is
+    the per-GPU batch * world size * gradient-accumulation steps."""
+    return blr * effective_batch / 256
+
+
+def lr_at(epoch: float, lr: float, min_lr: float, warmup_epochs: float, epochs: float) -> float:
+    """The learning rate at a fractional epoch (epoch + step / steps_per_epoch): linear warm-up
+    from 0, then a half cycle of cosine from lr down to min_lr at `epochs`."""
+    if epoch < warmup_epochs:
+        return lr * epoch / warmup_epochs
+    progress = (epoch - warmup_epochs) / (epochs - warmup_epochs)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))

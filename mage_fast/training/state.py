@@ -1,0 +1,81 @@
+"""Training checkpoints: the official format ({'model', 'optimizer', 'epoch', 'scaler', 'args'},
+`model` the unwrapped module's full state_dict, so it loads strictly into the official model
+and ours) plus `train_state`, what an exact resume needs beyond it.
+
+No RNG state is saved: every draw of a step is a function of (seed, counters) (see batches.py),
+so the global step restores them all."""
+import argparse
+import os
+import shutil
+from typing import Optional
+
+import torch
+
+from ..recognition.store import atomic_write
+from .batches import TrainOrder
+
+LAST = "checkpoint-last.pth"
+
+
+def epoch_path(out: str, epoch: int) -> str:
+    return os.path.join(out, f"checkpoint-{epoch}.pth")
+
+
+def save_checkpoint(path: str, model, optimizer, scaler, args: argparse.Namespace, order: TrainOrder, step: int):
+    """Write atomically: a kill midway leaves the previous file. `epoch` is, as in the official
+    files, the last completed epoch (-1 before the first ends): the official resume restarts
+    the epoch in progress, ours continues at `train_state['step']`."""
+    spe = order.steps_per_epoch
+    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": step // spe - 1,
+            "scaler": scaler.state_dict(),
+            "args": argparse.Namespace(**{k: v for k, v in vars(args).items() if not callable(v)}),
+            "train_state": {"step": step, "step_in_epoch": step % spe, **order.settings}}
+    with atomic_write(path) as f:
+        torch.save(ckpt, f)
+
+
+def keep_copy(src: str, dst: str):
+    """dst becomes a copy of src that later rewrites of src (new files, os.replace) leave
+    alone: a hard link where the filesystem has them."""
+    tmp = f"{dst}.tmp{os.getpid()}"
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def resume_path(resume: str, out: str) -> Optional[str]:
+    """--resume auto: OUT/checkpoint-last.pth if there is one; none: no resume; else a file."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        last = os.path.join(out, LAST)
+        return last if os.path.exists(last) else None
+    if not os.path.isfile(resume):
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+    return resume
+
+
+def restore(path: str, model, optimizer, scaler, order: TrainOrder) -> int:
+    """Load a checkpoint of `mage-fast train` into the run; returns the step to continue at.
+    The data order must be the one the checkpoint was made in (the world size may change if
+    the global batch stays the same)."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt.get("train_state") if isinstance(ckpt, dict) else None
+    if state is None:
+        raise ValueError(f"{path} is not a checkpoint of `mage-fast train` (no train_state); "
+                         "to start from its weights, pass it as --ckpt with --resume none")
+    diff = {k: (state.get(k), v) for k, v in order.settings.items() if state.get(k) != v}
+    if diff:
+        raise ValueError(f"{path} was made with other data-order settings {diff} (checkpoint, now): "
+                         "resume with the same seed, image folder, global batch and accumulation")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not fit this model (another --model?): {e}") from None
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt["scaler"]:  # empty when saved without fp16 loss scaling: start a fresh scale
+        scaler.load_state_dict(ckpt["scaler"])
+    return state["step"]
