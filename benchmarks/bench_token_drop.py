@@ -1,0 +1,119 @@
+"""Token drop and restore (mage_fast.ops.token_drop) against the official nonzero-based code, forward
+and forward+backward, at batch 256, D 768 (MAGE-B), bf16 and fp32: time, GB/s and the fraction of
+HBM bandwidth (mage_fast.roofline), speed-up, peak memory.
+
+Bytes are the least each op must move: every input and output tensor read or written once
+(index tensors and tables included, each table once: its gathered rows come from L2). Our ops
+are timed eagerly and replayed from a CUDA graph (the training step's launch-free setting); the
+official code syncs with the host, so it is timed eagerly only.
+
+    python benchmarks/bench_token_drop.py          # on a GPU: writes benchmarks/results/...
+    python benchmarks/bench_token_drop.py --smoke  # tiny shapes, any machine
+"""
+import argparse
+import math
+import os
+import sys
+
+import torch
+
+from common import bench_ms, device_record, markdown_table, peak_memory_gib, write_results
+
+COLUMNS = ["op", "dtype", "impl", "ms", "gb_s", "hbm_fraction", "speedup", "peak_gib"]
+
+
+def graphed(fn):
+    """fn captured in a CUDA graph (warmed up on a side stream first): returns its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def workloads(batch, dim, dtype, device, ops):
+    """{op: (bytes, {impl: fn})} for the sets, the encoder input and the restore."""
+    from mage_fast.ops.token_drop import embed_and_drop_ref, mask_sets_ref, restore_ref
+    num_masked = math.ceil(256 * 0.694)  # the mean mask ratio
+    noise = torch.rand(batch, 256, device=device)
+    keep_index, masked = ops.mask_sets(noise, 128, num_masked)
+    kept = keep_index.shape[1]
+    ids = torch.randint(0, 1024, (batch, 256), device=device)
+    tables = [torch.randn(s, device=device, dtype=dtype, requires_grad=True)
+              for s in [(2025, dim), (257, dim), (dim,), (dim,)]]
+    x = torch.randn(batch, kept, dim, device=device, dtype=dtype, requires_grad=True)
+    pos = torch.randn(1, 257, dim, device=device, dtype=dtype, requires_grad=True)
+    size = torch.finfo(dtype).bits // 8
+    index_bytes = ids.numel() * 8 + masked.numel() + keep_index.numel() * 8
+    table_bytes = sum(t.numel() for t in tables) * size
+    rows_bytes = batch * kept * dim * size  # [B, 129, D]
+    seq_bytes = batch * 257 * dim * size    # [B, 257, D]
+    dy, dout = torch.randn_like(x), torch.randn(batch, 257, dim, device=device, dtype=dtype)
+
+    def encoder(embed, backward):
+        def run():
+            out = embed(ids, masked, keep_index, *tables)
+            return torch.autograd.grad(out, tables, dy) if backward else out
+        return run
+
+    def decoder(fill, backward):
+        def run():
+            out = fill(x, keep_index, masked, pos)
+            return torch.autograd.grad(out, (x, pos), dout) if backward else out
+        return run
+
+    stats = batch * kept * 8  # mean and rstd, fp32
+    return {
+        "mask_sets": (noise.numel() * 4 + masked.numel() + keep_index.numel() * 8,
+                      {"official": lambda: mask_sets_ref(noise, 128, num_masked),
+                       "mage_fast": lambda: ops.mask_sets(noise, 128, num_masked)}),
+        "embed_and_drop fwd": (index_bytes + table_bytes + rows_bytes + stats,
+                               {"official": encoder(embed_and_drop_ref, False), "mage_fast": encoder(ops.embed_and_drop, False)}),
+        "embed_and_drop fwd+bwd": (2 * (index_bytes + table_bytes + rows_bytes + stats) + table_bytes,
+                                   {"official": encoder(embed_and_drop_ref, True), "mage_fast": encoder(ops.embed_and_drop, True)}),
+        "restore fwd": (index_bytes + rows_bytes + pos.numel() * size + seq_bytes,
+                        {"official": decoder(restore_ref, False), "mage_fast": decoder(ops.restore, False)}),
+        "restore fwd+bwd": (2 * (index_bytes + rows_bytes + pos.numel() * size + seq_bytes),
+                            {"official": decoder(restore_ref, True), "mage_fast": decoder(ops.restore, True)}),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, no result files (CPU: Triton interpreter)")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        if not args.smoke:
+            sys.exit("bench_token_drop: no CUDA device; GPU timings need one. Use --smoke to check the code paths on CPU.")
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported
+    from mage_fast import ops
+
+    record = device_record()
+    peak_gbs = record["roofline"]["hbm_tbps"] * 1e3 if record["roofline"] else None
+    batch, dim = (2, 64) if args.smoke else (256, 768)
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32) if cuda else (torch.float32,):
+        for op, (nbytes, impls) in workloads(batch, dim, dtype, "cuda" if cuda else "cpu", ops).items():
+            if cuda:
+                impls["mage_fast (CUDA graph)"] = graphed(impls["mage_fast"])
+            base = None
+            for impl, fn in impls.items():
+                ms = bench_ms(fn)["ms"]
+                base = base or ms
+                gb_s = nbytes / ms / 1e6
+                rows.append({"op": op, "dtype": str(dtype).replace("torch.", ""), "impl": impl, "ms": ms,
+                             "gb_s": gb_s, "hbm_fraction": gb_s / peak_gbs if peak_gbs else float("nan"),
+                             "speedup": base / ms, "peak_gib": peak_memory_gib(fn)})
+    if args.smoke:
+        print(markdown_table(rows, COLUMNS))
+    else:
+        write_results("token_drop", rows, COLUMNS, record)
+
+
+if __name__ == "__main__":
+    main()

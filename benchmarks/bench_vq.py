@@ -1,0 +1,59 @@
+"""vq_nearest against the official distance + argmin (the einsum expression, fp32, TF32 off) and
+torch.cdist + argmin: time, TFLOP/s (2*N*K*C), peak memory and speed-up, at MAGE-B's training
+shape (batch 256: 65,536 vectors x 1024 codes x 256 dims) and batch 32.
+
+    python benchmarks/bench_vq.py            # on a GPU: writes benchmarks/results/<device>-<date>-vq.*
+    python benchmarks/bench_vq.py --smoke    # tiny shapes, any machine: checks the code paths run
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+from common import bench_ms, markdown_table, peak_memory_gib, write_results
+
+COLUMNS = ["shape", "impl", "ms", "tflops", "peak_gib", "speedup", "same_ids"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, no result files (CPU: Triton interpreter)")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        if not args.smoke:
+            sys.exit("bench_vq: no CUDA device; GPU timings need one. Use --smoke to check the code paths on CPU.")
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported
+    from mage_fast.ops import vq_nearest
+    from mage_fast.ops.vq import vq_nearest_ref
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # the official expression runs in true fp32
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shapes = [(200, 300, 32)] if args.smoke else [(65536, 1024, 256), (8192, 1024, 256)]
+    rows = []
+    for n, k, c in shapes:
+        z = torch.randn(n, c, device=device)
+        codebook = torch.randn(k, c, device=device)
+        ref = vq_nearest_ref(z, codebook)
+        impls = {
+            "official einsum+argmin": lambda: vq_nearest_ref(z, codebook),
+            "torch.cdist+argmin": lambda: torch.cdist(z, codebook).argmin(1),
+            "mage_fast vq_nearest": lambda: vq_nearest(z, codebook),
+            "mage_fast vq_nearest (+vectors)": lambda: vq_nearest(z, codebook, return_vectors=True)[0],
+        }
+        base = None
+        for name, fn in impls.items():
+            ms = bench_ms(fn)["ms"]
+            base = base or ms
+            rows.append({"shape": f"{n}x{k}x{c}", "impl": name, "ms": ms, "tflops": 2 * n * k * c / ms / 1e9,
+                         "peak_gib": peak_memory_gib(fn), "speedup": base / ms,
+                         # random inputs: a near-tie (distances within fp32 round-off) may differ
+                         "same_ids": (fn() == ref).float().mean().item()})
+    if args.smoke:
+        print(markdown_table(rows, COLUMNS))
+    else:
+        write_results("vq", rows, COLUMNS)
+
+
+if __name__ == "__main__":
+    main()

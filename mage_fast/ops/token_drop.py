@@ -1,0 +1,293 @@
+"""Sync-free token dropping for the training forward (MAGE_SPEC.md 3, steps 3-6).
+
+- `mask_sets(noise, num_dropped, num_masked)` -> (keep_index [B, 257 - num_dropped] int64, the
+  kept slots ascending, slot 0 first; masked [B, 257] bool, slot 0 False).
+- `embed_and_drop(ids, masked, keep_index, word, pos, ln_weight, ln_bias, eps)` -> the encoder
+  input [B, KEPT, D]: LayerNorm(word[token] + pos[slot]) of the kept slots only (LayerNorm is per
+  row, so this is exactly the official embed-all-then-drop; the caller applies dropout).
+- `restore(x, keep_index, masked, pos_embed)` -> the decoder input [B, 257, Dd]: each slot takes
+  its kept row, or the class token's row x[:, 0] where it is masked or dropped, plus pos_embed.
+  Backward: row 0 collects its own gradient and every masked or dropped slot's, a kept masked
+  row gets zero, dpos is the sum over the batch.
+
+The official code finds the sets by thresholds (a host loop redraws noise with ties) and drops and
+restores with boolean `nonzero` indexing (host syncs, data-dependent shapes); the `*_ref` functions
+are that code. Here every shape is fixed per step, ties go to the lower index, and num_masked may
+be a device tensor, so nothing waits for the host and the step can be captured in a CUDA graph.
+On CUDA and under TRITON_INTERPRET the Triton kernels of kernels/token_drop.py run (custom ops
+with fake and autograd registrations); otherwise the sync-free PyTorch formulation below.
+"""
+from typing import Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from ..backends import register_op
+from ..configs import CODEBOOK_SIZE, FAKE_CLASS_ID, MASK_ID, NUM_TOKENS, SEQ_LEN, VOCAB_SIZE
+from .vq import FLOAT_TYPES, describe, triton_backend, uses_triton
+
+register_op("token_drop")(triton_backend)
+
+Tensor = torch.Tensor
+INDEX_TYPES = (torch.int32, torch.int64)
+
+
+# ---------------------------------------------------------------- input checks
+def _checks_values(t):
+    """Value checks (ids, keep_index, num_masked) run on CPU tensors in eager mode only: on CUDA
+    they would cost the host sync these ops exist to avoid, and they would break compiled graphs."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _check_tensor(name, t, dtypes, shape, device=None):
+    """t is a tensor of one of dtypes whose shape matches `shape` (None matches any size)."""
+    if not isinstance(t, torch.Tensor) or t.dtype not in dtypes:
+        raise ValueError(f"{name} must be a tensor of {', '.join(map(str, dtypes))}, got {describe(t)}")
+    if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)) or t.numel() == 0:
+        want = ", ".join("*" if s is None else str(s) for s in shape)
+        raise ValueError(f"{name} must have shape [{want}] and be non-empty, got {list(t.shape)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} must be on {device} like the other inputs, got {t.device}")
+
+
+def _check_sets(keep_index, masked, batch, device):
+    _check_tensor("masked", masked, (torch.bool,), (batch, SEQ_LEN), device)
+    _check_tensor("keep_index", keep_index, INDEX_TYPES, (batch, None), device)
+    if keep_index.shape[1] > SEQ_LEN:
+        raise ValueError(f"keep_index holds at most {SEQ_LEN} slots, got {keep_index.shape[1]}")
+    if _checks_values(keep_index) and not (bool((keep_index[:, 0] == 0).all()) and bool((keep_index < SEQ_LEN).all())
+                                           and bool((keep_index[:, 1:] > keep_index[:, :-1]).all())):
+        raise ValueError(f"keep_index rows must be ascending slots in [0, {SEQ_LEN}) starting with slot 0")
+
+
+def _check_counts(noise, num_dropped, num_masked):
+    _check_tensor("noise", noise, FLOAT_TYPES + (torch.float64,), (None, NUM_TOKENS))
+    if not isinstance(num_dropped, int) or isinstance(num_dropped, bool) or not 1 <= num_dropped <= NUM_TOKENS:
+        raise ValueError(f"num_dropped must be an int in [1, {NUM_TOKENS}], got {num_dropped!r}")
+    if isinstance(num_masked, torch.Tensor):
+        _check_tensor("num_masked", num_masked.reshape(-1), (torch.int64,), (1,), noise.device)
+        if not _checks_values(num_masked):
+            return
+        num_masked = int(num_masked)
+    elif not isinstance(num_masked, int) or isinstance(num_masked, bool):
+        raise ValueError(f"num_masked must be an int or a 1-element int64 tensor, got {describe(num_masked)}")
+    if not num_dropped <= num_masked <= NUM_TOKENS:
+        raise ValueError(f"num_masked must be in [num_dropped, {NUM_TOKENS}] = [{num_dropped}, {NUM_TOKENS}], "
+                         f"got {num_masked}")
+
+
+def _check_embed(ids, masked, keep_index, word, pos, weight, bias):
+    _check_tensor("word_embeddings", word, FLOAT_TYPES, (None, None))
+    dim, device = word.shape[1], word.device
+    if word.shape[0] < VOCAB_SIZE:
+        raise ValueError(f"word_embeddings needs {VOCAB_SIZE} rows (codebook, class slots, mask), got {word.shape[0]}")
+    for name, t, shape in (("position_embeddings", pos, (SEQ_LEN, dim)), ("ln_weight", weight, (dim,)),
+                           ("ln_bias", bias, (dim,))):
+        _check_tensor(name, t, (word.dtype,), shape, device)
+    _check_tensor("ids", ids, INDEX_TYPES, (None, NUM_TOKENS), device)
+    _check_sets(keep_index, masked, ids.shape[0], device)
+    if _checks_values(ids) and not bool(((ids >= 0) & (ids < CODEBOOK_SIZE)).all()):
+        raise ValueError(f"ids must be codebook ids in [0, {CODEBOOK_SIZE})")
+
+
+def _check_restore(x, keep_index, masked, pos_embed):
+    _check_tensor("x", x, FLOAT_TYPES, (None, None, None))
+    _check_tensor("pos_embed", pos_embed, FLOAT_TYPES, (1, SEQ_LEN, x.shape[2]), x.device)
+    _check_sets(keep_index, masked, x.shape[0], x.device)
+    if keep_index.shape[1] != x.shape[1]:
+        raise ValueError(f"x must have one row per kept slot ({keep_index.shape[1]}), got {x.shape[1]}")
+
+
+# ---------------------------------------------------------------- the official code (references)
+def _keep_mask(keep_index):
+    mask = torch.zeros(keep_index.shape[0], SEQ_LEN, dtype=torch.bool, device=keep_index.device)
+    return mask.scatter_(1, keep_index.long(), True)
+
+
+def _tokens(ids, masked):
+    """The 257 token ids: the class token, then the image's ids with masked ones set to MASK_ID."""
+    tokens = torch.cat([torch.full_like(ids[:, :1], FAKE_CLASS_ID), ids], dim=1).long()
+    return torch.where(masked, MASK_ID, tokens)
+
+
+def mask_sets_ref(noise, num_dropped, num_masked):
+    """The official thresholds: dropped (masked) = noise <= its num_dropped-th (num_masked-th)
+    smallest value. Sets of the right size only for noise without ties at the thresholds."""
+    num_masked = int(num_masked)
+    sorted_noise = noise.sort(dim=1).values
+    dropped = noise <= sorted_noise[:, num_dropped - 1: num_dropped]
+    masked = noise <= sorted_noise[:, num_masked - 1: num_masked]
+    no = torch.zeros_like(masked[:, :1])
+    keep = torch.cat([~no, ~dropped], dim=1)
+    return keep.nonzero(as_tuple=True)[1].view(noise.shape[0], -1), torch.cat([no, masked], dim=1)
+
+
+def embed_and_drop_ref(ids, masked, keep_index, word, pos, weight, bias, eps=1e-6):
+    """The official encoder input (no dropout): embed and normalise all 257 tokens, then keep
+    the rows of keep_index by boolean nonzero indexing."""
+    x = F.layer_norm(F.embedding(_tokens(ids, masked), word) + pos, (word.shape[1],), weight, bias, eps)
+    return x[_keep_mask(keep_index).nonzero(as_tuple=True)].reshape(ids.shape[0], -1, x.shape[-1])
+
+
+def restore_ref(x, keep_index, masked, pos_embed):
+    """The official decoder input: fill with the class token's row, scatter the kept rows by
+    boolean nonzero indexing, overwrite every masked slot with the class token again, add pos."""
+    cls_fill = x[:, 0:1].repeat(1, SEQ_LEN, 1)
+    padded = cls_fill.clone()
+    padded[_keep_mask(keep_index).nonzero(as_tuple=True)] = x.reshape(-1, x.shape[-1])
+    return torch.where(masked.unsqueeze(-1), cls_fill, padded) + pos_embed
+
+
+# ---------------------------------------------------------------- sync-free PyTorch fallback
+def slot_rows(keep_index):
+    """[B, 257] int32: the kept row that holds each slot, -1 for dropped slots."""
+    rows = torch.arange(keep_index.shape[1], dtype=torch.int32, device=keep_index.device)
+    return torch.full((keep_index.shape[0], SEQ_LEN), -1, dtype=torch.int32,
+                      device=keep_index.device).scatter_(1, keep_index.long(), rows.expand(keep_index.shape))
+
+
+def _mask_sets_torch(noise, num_dropped, num_masked):
+    """The kernel's stable ranks by sorting: fixed shapes, and num_masked only enters a
+    comparison, so a device tensor needs no sync (the kernel does it in one launch)."""
+    order = noise.argsort(dim=1, stable=True)  # ties: the lower index first
+    rank = order.argsort(dim=1)
+    no = torch.zeros_like(order[:, :1])
+    keep_index = torch.cat([no, order[:, num_dropped:].sort(dim=1).values + 1], dim=1)
+    return keep_index, torch.cat([no.bool(), rank < num_masked], dim=1)
+
+
+def _embed_and_drop_torch(ids, masked, keep_index, word, pos, weight, bias, eps):
+    keep_index = keep_index.long()
+    x = F.embedding(_tokens(ids, masked).gather(1, keep_index), word) + F.embedding(keep_index, pos)
+    return F.layer_norm(x, (word.shape[1],), weight, bias, eps)
+
+
+def _restore_torch(x, keep_index, masked, pos_embed):
+    rows = slot_rows(keep_index)
+    src = torch.where((rows > 0) & ~masked, rows, 0).long()
+    return x.gather(1, src.unsqueeze(-1).expand(-1, -1, x.shape[-1])) + pos_embed
+
+
+# ---------------------------------------------------------------- Triton custom ops
+@torch.library.custom_op("mage_fast::mask_sets", mutates_args=())
+def _mask_sets_op(noise: Tensor, num_dropped: int, num_masked: Tensor) -> Tuple[Tensor, Tensor]:
+    from mage_fast.kernels.token_drop import mask_sets_forward
+    return mask_sets_forward(noise, num_dropped, num_masked)
+
+
+@_mask_sets_op.register_fake
+def _(noise, num_dropped, num_masked):
+    batch = noise.shape[0]
+    return (noise.new_empty(batch, SEQ_LEN - num_dropped, dtype=torch.int64),
+            noise.new_empty(batch, SEQ_LEN, dtype=torch.bool))
+
+
+@torch.library.custom_op("mage_fast::embed_and_drop", mutates_args=())
+def _embed_op(ids: Tensor, masked: Tensor, keep_index: Tensor, word: Tensor, pos: Tensor, weight: Tensor,
+              bias: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    from mage_fast.kernels.token_drop import embed_forward
+    return embed_forward(ids, masked, keep_index, word, pos, weight, bias, eps)
+
+
+@_embed_op.register_fake
+def _(ids, masked, keep_index, word, pos, weight, bias, eps):
+    stats = word.new_empty(keep_index.numel(), dtype=torch.float32)
+    return word.new_empty(*keep_index.shape, word.shape[1]), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("mage_fast::embed_and_drop_backward", mutates_args=())
+def _embed_backward_op(dy: Tensor, ids: Tensor, masked: Tensor, keep_index: Tensor, word: Tensor, pos: Tensor,
+                       weight: Tensor, bias: Tensor, mean: Tensor, rstd: Tensor
+                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    from mage_fast.kernels.token_drop import embed_backward
+    return embed_backward(dy, ids, masked, keep_index, word, pos, weight, bias, mean, rstd)
+
+
+@_embed_backward_op.register_fake
+def _(dy, ids, masked, keep_index, word, pos, weight, bias, mean, rstd):
+    return tuple(torch.empty_like(t) for t in (word, pos, weight, bias))
+
+
+def _embed_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:7], *output[1:])  # everything but eps, and mean, rstd
+
+
+def _embed_grad(ctx, dy, _dmean, _drstd):
+    dword, dpos, dweight, dbias = _embed_backward_op(dy, *ctx.saved_tensors)
+    return None, None, None, dword, dpos, dweight, dbias, None
+
+
+_embed_op.register_autograd(_embed_grad, setup_context=_embed_setup)
+
+
+@torch.library.custom_op("mage_fast::restore", mutates_args=())
+def _restore_op(x: Tensor, keep_index: Tensor, masked: Tensor, pos: Tensor) -> Tensor:
+    from mage_fast.kernels.token_drop import restore_forward
+    return restore_forward(x, slot_rows(keep_index), masked, pos)
+
+
+@_restore_op.register_fake
+def _(x, keep_index, masked, pos):
+    return x.new_empty(x.shape[0], SEQ_LEN, x.shape[2], dtype=torch.promote_types(x.dtype, pos.dtype))
+
+
+@torch.library.custom_op("mage_fast::restore_backward", mutates_args=())
+def _restore_backward_op(dout: Tensor, keep_index: Tensor, masked: Tensor, x_dtype: torch.dtype,
+                         pos_dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    from mage_fast.kernels.token_drop import restore_backward
+    return restore_backward(dout, slot_rows(keep_index), masked, keep_index.shape[1], x_dtype, pos_dtype)
+
+
+@_restore_backward_op.register_fake
+def _(dout, keep_index, masked, x_dtype, pos_dtype):
+    return (dout.new_empty(dout.shape[0], keep_index.shape[1], dout.shape[2], dtype=x_dtype),
+            dout.new_empty(dout.shape[1:], dtype=pos_dtype))
+
+
+def _restore_setup(ctx, inputs, output):
+    x, keep_index, masked, pos = inputs
+    ctx.save_for_backward(keep_index, masked)
+    ctx.dtypes = x.dtype, pos.dtype
+
+
+def _restore_grad(ctx, dout):
+    dx, dpos = _restore_backward_op(dout, *ctx.saved_tensors, *ctx.dtypes)
+    return dx, None, None, dpos
+
+
+_restore_op.register_autograd(_restore_grad, setup_context=_restore_setup)
+
+
+# ---------------------------------------------------------------- the API
+def mask_sets(noise: Tensor, num_dropped: int, num_masked: Union[int, Tensor]) -> Tuple[Tensor, Tensor]:
+    """noise [B, 256] -> (keep_index [B, 257 - num_dropped] int64, masked [B, 257] bool): the
+    num_dropped (num_masked) tokens with the smallest noise are dropped (masked), ties to the
+    lower index. num_masked: an int, or a 1-element int64 tensor on noise's device (no sync)."""
+    _check_counts(noise, num_dropped, num_masked)
+    if not uses_triton(noise.device):
+        return _mask_sets_torch(noise, num_dropped, num_masked)
+    if not isinstance(num_masked, torch.Tensor):
+        num_masked = torch.full((1,), num_masked, dtype=torch.int64, device=noise.device)
+    return _mask_sets_op(noise.contiguous(), num_dropped, num_masked)
+
+
+def embed_and_drop(ids: Tensor, masked: Tensor, keep_index: Tensor, word_embeddings: Tensor,
+                   position_embeddings: Tensor, ln_weight: Tensor, ln_bias: Tensor, eps: float = 1e-6) -> Tensor:
+    """The encoder input of the kept slots [B, KEPT, D]: LayerNorm(word[token] + pos[slot]) with
+    token = 1100 at slot 0, MASK_ID where masked, else the codebook id ids[:, slot - 1].
+    Differentiable in the embeddings and the LayerNorm parameters."""
+    args = (ids, masked, keep_index, word_embeddings, position_embeddings, ln_weight, ln_bias)
+    _check_embed(*args)
+    if not uses_triton(word_embeddings.device):
+        return _embed_and_drop_torch(*args, eps)
+    return _embed_op(*(t.contiguous() for t in args), float(eps))[0]
+
+
+def restore(x: Tensor, keep_index: Tensor, masked: Tensor, pos_embed: Tensor) -> Tensor:
+    """The decoder input [B, 257, Dd] from the kept rows x [B, KEPT, Dd]: slot p takes its kept
+    row if it is kept and not masked, else the class token's row x[:, 0]; plus pos_embed
+    [1, 257, Dd]. Differentiable in x and pos_embed."""
+    _check_restore(x, keep_index, masked, pos_embed)
+    if not uses_triton(x.device):
+        return _restore_torch(x, keep_index, masked, pos_embed)
+    return _restore_op(x.contiguous(), keep_index.contiguous(), masked.contiguous(), pos_embed.squeeze(0))

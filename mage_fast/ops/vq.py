@@ -1,0 +1,90 @@
+"""vq_nearest: the tokenizer's codebook lookup (MAGE_SPEC.md 1), the nearest codebook row of
+each vector by plain L2 in fp32, first index on ties. The Triton kernel (kernels/vq.py) fuses
+distance and argmin; `vq_nearest_ref` is the official expression it is held to and the fallback."""
+from typing import Tuple
+
+import torch
+
+from ..backends import interpreting, register_op, triton_version
+from ..reference.vqgan import nearest_code
+
+FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@register_op("vq_nearest")
+def triton_backend(device_type: str) -> Tuple[str, str]:
+    """How a Triton op runs on device_type: (implementation, reason). Shared by the Triton ops."""
+    if triton_version() is None:
+        return "pytorch", "Triton does not import"
+    if device_type == "cuda":
+        return "triton", "Triton kernel"
+    if interpreting():
+        return "triton-interpret", "Triton's interpreter on CPU tensors (TRITON_INTERPRET=1)"
+    return "pytorch", f"no Triton kernel runs on {device_type} tensors without TRITON_INTERPRET=1"
+
+
+@torch.compiler.assume_constant_result  # fixed for the process: torch.compile need not trace it
+def uses_triton(device: torch.device) -> bool:
+    return triton_backend(device.type)[0] != "pytorch"
+
+
+def describe(x) -> str:
+    return f"{x.dtype} {list(x.shape)} on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _check(z, codebook):
+    for name, t in (("z", z), ("codebook", codebook)):
+        if not isinstance(t, torch.Tensor) or t.dtype not in FLOAT_TYPES:
+            raise ValueError(f"{name} must be a float32, float16 or bfloat16 tensor, got {describe(t)}")
+    if z.dim() not in (2, 4) or z.numel() == 0:
+        raise ValueError(f"z must be [N, C] or [B, C, H, W] and non-empty, got {list(z.shape)}")
+    if codebook.dim() != 2 or codebook.shape[0] == 0 or codebook.shape[1] != z.shape[1]:
+        raise ValueError(f"codebook must be [K, C] with K >= 1 and C = {z.shape[1]} (z's channels), "
+                         f"got {list(codebook.shape)}")
+    if z.device != codebook.device:
+        raise ValueError(f"z and codebook must be on one device, got {z.device} and {codebook.device}")
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """[N, C] or [B, C, H, W] as a [B, S, C] view: row (b, s) is token s = h*W + w of image b."""
+    return t.unsqueeze(0) if t.dim() == 2 else t.flatten(2).transpose(1, 2)
+
+
+def _ids_shape(z):
+    return (z.shape[0],) if z.dim() == 2 else (z.shape[0], z.shape[2] * z.shape[3])
+
+
+def vq_nearest_ref(z, codebook, return_vectors=False):
+    """The official computation (reference.vqgan.nearest_code, the N x K matrix included)."""
+    rows = _rows(z)
+    ids = nearest_code(rows.reshape(-1, z.shape[1]), codebook).view(_ids_shape(z))
+    if not return_vectors:
+        return ids
+    vectors = codebook[ids]  # [N, C] or [B, S, C]
+    return ids, vectors if z.dim() == 2 else vectors.transpose(1, 2).reshape(z.shape).contiguous()
+
+
+@torch.library.custom_op("mage_fast::vq_nearest", mutates_args=())
+def _vq_nearest_op(z: torch.Tensor, codebook: torch.Tensor, return_vectors: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    from mage_fast.kernels.vq import vq_nearest_forward
+    ids = torch.empty(_ids_shape(z), dtype=torch.int64, device=z.device)
+    vectors = torch.empty(z.shape if return_vectors else (0,), dtype=codebook.dtype, device=z.device)
+    vq_nearest_forward(_rows(z), codebook, ids, _rows(vectors) if return_vectors else None)
+    return ids, vectors
+
+
+@_vq_nearest_op.register_fake
+def _(z, codebook, return_vectors):
+    return (z.new_empty(_ids_shape(z), dtype=torch.int64),
+            z.new_empty(z.shape if return_vectors else (0,), dtype=codebook.dtype))
+
+
+def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, return_vectors: bool = False):
+    """Nearest codebook row of each vector: z [N, C] -> ids [N], or the tokenizer's z
+    [B, C, H, W] -> ids [B, H*W] (token h*W + w); int64. With return_vectors also the quantized
+    vectors codebook[ids] in z's layout and the codebook's dtype. Not differentiable."""
+    _check(z, codebook)
+    if not uses_triton(z.device):
+        return vq_nearest_ref(z, codebook, return_vectors)
+    ids, vectors = _vq_nearest_op(z, codebook, return_vectors)
+    return (ids, vectors) if return_vectors else ids
