@@ -1,0 +1,520 @@
+"""Fused attention for MAGE's shapes: softmax(q k^T * scale) v over [B, H, N, d] with fp32
+accumulation and the row max subtracted, per-sample key lengths and in-kernel attention dropout;
+the backward recomputes the probabilities (FlashAttention-2): a preprocess for
+delta = rowsum(dO * O), then one kernel for dk/dv and one for dq.
+
+Tiling, and why:
+- N is 129 or 257: one row past a multiple of 64. Full BLOCK_M/BLOCK_N tiles skip the key mask
+  and the ragged remainder runs as TAIL-sized tiles (the smallest tl.dot), so N = 257 costs
+  256 + 16 rows and columns instead of 320, on the query side and on the key side.
+- A (batch, head) slab is small (257 x 64 bf16 = 33 KB per tensor), so the grid is 1-D and
+  slab-major: the programs of one slab run together and re-read its K/V (or Q/dO) from L2, and
+  B*H*ceil(N/BLOCK) programs (e.g. 64*12*5 = 3840) fill 132 SMs many times over at MAGE's batches.
+- Head dim 48 (MAGE-B's decoder) is padded to BLOCK_D = 64 in registers by masked loads: no
+  extra memory traffic, a quarter of the MMA work wasted, which a bandwidth-bound kernel
+  (arithmetic intensity ~N/2 FLOP/byte, below the H100 ridge) hardly notices.
+- Backward in two kernels rather than one with atomics: dk/dv per key block and dq per query
+  block each recompute q k^T and dO v^T (7 matmuls instead of 5), but atomically accumulating
+  dq would push ceil(N/BLOCK_N) fp32 [N, d] partial sums per slab through L2's atomic units
+  (more bytes than all the backward's HBM traffic at N = 257), need a zeroed fp32 buffer and a
+  cast pass, and make dq nondeterministic. Recomputation is cheap in a bandwidth-bound regime.
+- Dropout's keep mask comes from Philox counters (query, group of 8 keys; batch * H + head)
+  under a seed read from device memory, so the backward regenerates it, nothing the size of the
+  scores is stored, and a CUDA-graph replay can take a new seed.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from mage_fast.backends import interpreting
+
+LOG2E = 1.4426950408889634
+TAIL = 16  # smallest tl.dot tile: the ragged remainder of N runs at this size
+DROP_LEVELS = tl.constexpr(65536)  # dropout draws are 16-bit: p is rounded to a multiple of 2^-16
+
+
+# ----------------------------------------------------------------------------- kernel helpers
+
+@triton.jit
+def _slab_offset(bh, H, stride_b, stride_h):
+    """Element offset of slab (batch, head) = divmod(bh, H); int64 so large batches cannot wrap."""
+    return (bh // H).to(tl.int64) * stride_b + (bh % H).to(tl.int64) * stride_h
+
+
+@triton.jit
+def _program(N, BLOCK: tl.constexpr):
+    """(slab, first row) of this program. Slab-major: a slab's programs run together and share
+    its tiles in L2."""
+    num_blocks = tl.cdiv(N, BLOCK)
+    return tl.program_id(0) // num_blocks, tl.program_id(0) % num_blocks * BLOCK
+
+
+@triton.jit
+def _slab(bh, H, N, stride_b, stride_h, KEY_LENGTHS, SEED, HAS_KL: tl.constexpr, DROPOUT: tl.constexpr):
+    """q/k/v offset of slab bh, its key length and the dropout seed (read in the kernel, so a
+    CUDA-graph replay picks up a new seed written into SEED)."""
+    kl = N
+    if HAS_KL:
+        kl = tl.minimum(tl.load(KEY_LENGTHS + bh // H).to(tl.int32), N)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(SEED)
+    return _slab_offset(bh, H, stride_b, stride_h), kl, seed
+
+
+@triton.jit
+def _load_rows(base, rows, stride_n, N, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A [rows, BLOCK_D] tile; rows past N and the head-dim padding read as 0, so padded rows
+    and columns add nothing to any dot product."""
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < N) & (cols[None, :] < HEAD_DIM)
+    return tl.load(base + rows[:, None] * stride_n + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_rows(base, rows, stride_n, N, tile, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < N) & (cols[None, :] < HEAD_DIM)
+    tl.store(base + rows[:, None] * stride_n + cols[None, :], tile.to(base.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _interleave(a, b):
+    """Two [R, G] tiles as one [R, 2G] tile: a in the even columns, b in the odd ones."""
+    return tl.reshape(tl.join(a, b), (a.shape[0], 2 * a.shape[1]))
+
+
+@triton.jit
+def _keep(seed, bh, rows, start_n, N, drop_threshold, COLS: tl.constexpr):
+    """Dropout's keep mask [rows, COLS] for keys start_n + arange(COLS) (start_n a multiple of 8)
+    of slab bh. One Philox call per (slab, query, group of 8 keys) gives 4 x 32 random bits, i.e.
+    a 16-bit draw for each of the 8 keys: Philox is ~80 integer ops, which per score would cost
+    far more than the rest of the kernel. The draws depend on (slab, query, key) only, not on the
+    tiling, so the backward's differently shaped tiles regenerate the forward's mask. A key is
+    dropped when its draw is below drop_threshold = dropout_threshold(p)."""
+    groups = start_n // 8 + tl.arange(0, COLS // 8)
+    r0, r1, r2, r3 = tl.philox(seed, rows[:, None] * tl.cdiv(N, 8) + groups[None, :], bh, 0, 0)
+    words = _interleave(_interleave(r0, r1), _interleave(r2, r3))
+    draws = _interleave(words & 0xFFFF, words >> 16)
+    return draws.to(tl.int32) >= drop_threshold
+
+
+@triton.jit
+def _keep_scale(drop_threshold):
+    """1 / (1 - p) for the p the threshold stands for, so dropout leaves E[out] unchanged."""
+    return DROP_LEVELS / (DROP_LEVELS - drop_threshold)
+
+
+@triton.jit
+def _dropped(keep, x, drop_threshold):
+    """Dropout applied to x (probabilities or their gradients): zero or rescaled."""
+    return tl.where(keep, x * _keep_scale(drop_threshold), 0.0)
+
+
+# ----------------------------------------------------------------------------- forward
+
+@triton.jit
+def _fwd_step(q, m, l, acc, rows, k_base, v_base, start_n, stride_n, N, kl, qk_scale, seed, bh, drop_threshold,
+              COLS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KEYS: tl.constexpr,
+              DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+    cols = start_n + tl.arange(0, COLS)
+    k = _load_rows(k_base, cols, stride_n, N, HEAD_DIM, BLOCK_D)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # log2 units
+    if MASK_KEYS:
+        s = tl.where(cols[None, :] < kl, s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, 1))
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m - m_new)
+    l = l * alpha + tl.sum(p, 1)  # the softmax normaliser counts dropped probabilities too
+    if DROPOUT:
+        p = tl.where(_keep(seed, bh, rows, start_n, N, drop_threshold, COLS), p, 0.0)
+    v = _load_rows(v_base, cols, stride_n, N, HEAD_DIM, BLOCK_D)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l, acc
+
+
+@triton.jit
+def _fwd_rows(q_base, k_base, v_base, o_base, lse_base, start_m, stride_n, stride_on, N, kl, qk_scale, seed, bh,
+              drop_threshold, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+              TAIL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+    rows = start_m + tl.arange(0, ROWS)
+    q = _load_rows(q_base, rows, stride_n, N, HEAD_DIM, BLOCK_D)
+    m = tl.full([ROWS], float("-inf"), tl.float32)
+    l = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
+    n_full = kl // BLOCK_N * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        m, l, acc = _fwd_step(q, m, l, acc, rows, k_base, v_base, start_n, stride_n, N, kl, qk_scale, seed, bh,
+                              drop_threshold, BLOCK_N, HEAD_DIM, BLOCK_D, False, DROPOUT, PRECISION)
+    for start_n in range(n_full, kl, TAIL):
+        m, l, acc = _fwd_step(q, m, l, acc, rows, k_base, v_base, start_n, stride_n, N, kl, qk_scale, seed, bh,
+                              drop_threshold, TAIL, HEAD_DIM, BLOCK_D, True, DROPOUT, PRECISION)
+    out = acc / l[:, None]
+    if DROPOUT:
+        out = out * _keep_scale(drop_threshold)
+    _store_rows(o_base, rows, stride_on, N, out, HEAD_DIM, BLOCK_D)
+    tl.store(lse_base + rows, m + tl.log2(l), mask=rows < N)
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, O, LSE, KEY_LENGTHS, SEED, stride_b, stride_h, stride_n, stride_ob, stride_oh, stride_on,
+              H, N, qk_scale, drop_threshold, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, TAIL: tl.constexpr, HAS_KL: tl.constexpr, DROPOUT: tl.constexpr,
+              PRECISION: tl.constexpr):
+    bh, start_m = _program(N, BLOCK_M)
+    off, kl, seed = _slab(bh, H, N, stride_b, stride_h, KEY_LENGTHS, SEED, HAS_KL, DROPOUT)
+    o_base = O + _slab_offset(bh, H, stride_ob, stride_oh)
+    if start_m + BLOCK_M <= N:
+        _fwd_rows(Q + off, K + off, V + off, o_base, LSE + bh * N, start_m, stride_n, stride_on, N, kl, qk_scale,
+                  seed, bh, drop_threshold, BLOCK_M, HEAD_DIM, BLOCK_D, BLOCK_N, TAIL, DROPOUT, PRECISION)
+    else:
+        for start in range(start_m, N, TAIL):
+            _fwd_rows(Q + off, K + off, V + off, o_base, LSE + bh * N, start, stride_n, stride_on, N, kl, qk_scale,
+                      seed, bh, drop_threshold, TAIL, HEAD_DIM, BLOCK_D, BLOCK_N, TAIL, DROPOUT, PRECISION)
+
+
+# ----------------------------------------------------------------------------- backward
+
+@triton.jit
+def _attn_bwd_preprocess(O, DO, DELTA, stride_ob, stride_oh, stride_on, H, N, HEAD_DIM: tl.constexpr,
+                         BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    bh, start_m = _program(N, BLOCK_M)
+    rows = start_m + tl.arange(0, BLOCK_M)
+    off = _slab_offset(bh, H, stride_ob, stride_oh)
+    o = _load_rows(O + off, rows, stride_on, N, HEAD_DIM, BLOCK_D).to(tl.float32)
+    do = _load_rows(DO + off, rows, stride_on, N, HEAD_DIM, BLOCK_D).to(tl.float32)
+    tl.store(DELTA + bh * N + rows, tl.sum(o * do, 1), mask=rows < N)
+
+
+@triton.jit
+def _dkdv_step(k, v, dk, dv, start_n, q_base, do_base, lse_base, delta_base, start_m, stride_n, stride_on, N, kl,
+               qk_scale, seed, bh, drop_threshold, ROWS: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_D: tl.constexpr, HAS_KL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+    # Transposed ([keys, queries]) so the products accumulate into this program's dk/dv rows.
+    # Query rows past N load q = dO = lse = delta = 0 and so contribute nothing.
+    rows = start_m + tl.arange(0, ROWS)
+    cols = start_n + tl.arange(0, COLS)
+    q = _load_rows(q_base, rows, stride_n, N, HEAD_DIM, BLOCK_D)
+    do = _load_rows(do_base, rows, stride_on, N, HEAD_DIM, BLOCK_D)
+    lse = tl.load(lse_base + rows, mask=rows < N, other=0.0)
+    delta = tl.load(delta_base + rows, mask=rows < N, other=0.0)
+    p = tl.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])
+    if HAS_KL:  # a key block may straddle the key length; keys past N are never stored
+        p = tl.where(cols[:, None] < kl, p, 0.0)
+    dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+    if DROPOUT:
+        keep = tl.trans(_keep(seed, bh, rows, start_n, N, drop_threshold, COLS))
+        dv += tl.dot(_dropped(keep, p, drop_threshold).to(do.dtype), do, input_precision=PRECISION)
+        dp = _dropped(keep, dp, drop_threshold)
+    else:
+        dv += tl.dot(p.to(do.dtype), do, input_precision=PRECISION)
+    ds = p * (dp - delta[None, :])
+    dk += tl.dot(ds.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _dkdv_cols(q_base, k_base, v_base, do_base, dk_base, dv_base, lse_base, delta_base, start_n, stride_n, stride_on,
+               stride_gn, N, kl, qk_scale, sm_scale, seed, bh, drop_threshold, COLS: tl.constexpr,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, TAIL: tl.constexpr,
+               HAS_KL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+    cols = start_n + tl.arange(0, COLS)
+    k = _load_rows(k_base, cols, stride_n, N, HEAD_DIM, BLOCK_D)
+    v = _load_rows(v_base, cols, stride_n, N, HEAD_DIM, BLOCK_D)
+    dk = tl.zeros([COLS, BLOCK_D], tl.float32)
+    dv = tl.zeros([COLS, BLOCK_D], tl.float32)
+    m_end = tl.where(start_n < kl, N, 0)  # keys past the key length: no query loop, zero grads
+    m_full = m_end // BLOCK_M * BLOCK_M
+    for start_m in range(0, m_full, BLOCK_M):
+        dk, dv = _dkdv_step(k, v, dk, dv, start_n, q_base, do_base, lse_base, delta_base, start_m, stride_n,
+                            stride_on, N, kl, qk_scale, seed, bh, drop_threshold, BLOCK_M, COLS, HEAD_DIM, BLOCK_D,
+                            HAS_KL, DROPOUT, PRECISION)
+    for start_m in range(m_full, m_end, TAIL):
+        dk, dv = _dkdv_step(k, v, dk, dv, start_n, q_base, do_base, lse_base, delta_base, start_m, stride_n,
+                            stride_on, N, kl, qk_scale, seed, bh, drop_threshold, TAIL, COLS, HEAD_DIM, BLOCK_D,
+                            HAS_KL, DROPOUT, PRECISION)
+    _store_rows(dk_base, cols, stride_gn, N, dk * sm_scale, HEAD_DIM, BLOCK_D)
+    _store_rows(dv_base, cols, stride_gn, N, dv, HEAD_DIM, BLOCK_D)
+
+
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KEY_LENGTHS, SEED, stride_b, stride_h, stride_n, stride_ob,
+                   stride_oh, stride_on, stride_gb, stride_gh, stride_gn, H, N, qk_scale, sm_scale, drop_threshold,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   TAIL: tl.constexpr, HAS_KL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+    bh, start_n = _program(N, BLOCK_N)
+    off, kl, seed = _slab(bh, H, N, stride_b, stride_h, KEY_LENGTHS, SEED, HAS_KL, DROPOUT)
+    do_base = DO + _slab_offset(bh, H, stride_ob, stride_oh)
+    g_off = _slab_offset(bh, H, stride_gb, stride_gh)
+    if start_n + BLOCK_N <= N:
+        _dkdv_cols(Q + off, K + off, V + off, do_base, DK + g_off, DV + g_off, LSE + bh * N, DELTA + bh * N,
+                   start_n, stride_n, stride_on, stride_gn, N, kl, qk_scale, sm_scale, seed, bh, drop_threshold,
+                   BLOCK_N, HEAD_DIM, BLOCK_D, BLOCK_M, TAIL, HAS_KL, DROPOUT, PRECISION)
+    else:
+        for start in range(start_n, N, TAIL):
+            _dkdv_cols(Q + off, K + off, V + off, do_base, DK + g_off, DV + g_off, LSE + bh * N, DELTA + bh * N,
+                       start, stride_n, stride_on, stride_gn, N, kl, qk_scale, sm_scale, seed, bh, drop_threshold,
+                       TAIL, HEAD_DIM, BLOCK_D, BLOCK_M, TAIL, HAS_KL, DROPOUT, PRECISION)
+
+
+@triton.jit
+def _dq_step(q, do, lse, delta, dq, rows, k_base, v_base, start_n, stride_n, N, kl, qk_scale, seed, bh, drop_threshold,
+             COLS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KEYS: tl.constexpr,
+             DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+    # Keys past N load k = v = 0 and so add nothing to dq; keys in [kl, N) must be masked.
+    cols = start_n + tl.arange(0, COLS)
+    k = _load_rows(k_base, cols, stride_n, N, HEAD_DIM, BLOCK_D)
+    v = _load_rows(v_base, cols, stride_n, N, HEAD_DIM, BLOCK_D)
+    p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])
+    if MASK_KEYS:
+        p = tl.where(cols[None, :] < kl, p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    if DROPOUT:
+        dp = _dropped(_keep(seed, bh, rows, start_n, N, drop_threshold, COLS), dp, drop_threshold)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+
+
+@triton.jit
+def _dq_rows(q_base, k_base, v_base, do_base, dq_base, lse_base, delta_base, start_m, stride_n, stride_on, stride_gn,
+             N, kl, qk_scale, sm_scale, seed, bh, drop_threshold, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
+             BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr, DROPOUT: tl.constexpr,
+             PRECISION: tl.constexpr):
+    rows = start_m + tl.arange(0, ROWS)
+    q = _load_rows(q_base, rows, stride_n, N, HEAD_DIM, BLOCK_D)
+    do = _load_rows(do_base, rows, stride_on, N, HEAD_DIM, BLOCK_D)
+    lse = tl.load(lse_base + rows, mask=rows < N, other=0.0)
+    delta = tl.load(delta_base + rows, mask=rows < N, other=0.0)
+    dq = tl.zeros([ROWS, BLOCK_D], tl.float32)
+    n_full = kl // BLOCK_N * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        dq = _dq_step(q, do, lse, delta, dq, rows, k_base, v_base, start_n, stride_n, N, kl, qk_scale, seed, bh,
+                      drop_threshold, BLOCK_N, HEAD_DIM, BLOCK_D, False, DROPOUT, PRECISION)
+    for start_n in range(n_full, kl, TAIL):
+        dq = _dq_step(q, do, lse, delta, dq, rows, k_base, v_base, start_n, stride_n, N, kl, qk_scale, seed, bh,
+                      drop_threshold, TAIL, HEAD_DIM, BLOCK_D, True, DROPOUT, PRECISION)
+    _store_rows(dq_base, rows, stride_gn, N, dq * sm_scale, HEAD_DIM, BLOCK_D)
+
+
+@triton.jit
+def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KEY_LENGTHS, SEED, stride_b, stride_h, stride_n, stride_ob, stride_oh,
+                 stride_on, stride_gb, stride_gh, stride_gn, H, N, qk_scale, sm_scale, drop_threshold,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 TAIL: tl.constexpr, HAS_KL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+    bh, start_m = _program(N, BLOCK_M)
+    off, kl, seed = _slab(bh, H, N, stride_b, stride_h, KEY_LENGTHS, SEED, HAS_KL, DROPOUT)
+    do_base = DO + _slab_offset(bh, H, stride_ob, stride_oh)
+    dq_base = DQ + _slab_offset(bh, H, stride_gb, stride_gh)
+    if start_m + BLOCK_M <= N:
+        _dq_rows(Q + off, K + off, V + off, do_base, dq_base, LSE + bh * N, DELTA + bh * N, start_m, stride_n,
+                 stride_on, stride_gn, N, kl, qk_scale, sm_scale, seed, bh, drop_threshold, BLOCK_M, HEAD_DIM, BLOCK_D,
+                 BLOCK_N, TAIL, DROPOUT, PRECISION)
+    else:
+        for start in range(start_m, N, TAIL):
+            _dq_rows(Q + off, K + off, V + off, do_base, dq_base, LSE + bh * N, DELTA + bh * N, start, stride_n,
+                     stride_on, stride_gn, N, kl, qk_scale, sm_scale, seed, bh, drop_threshold, TAIL, HEAD_DIM,
+                     BLOCK_D, BLOCK_N, TAIL, DROPOUT, PRECISION)
+
+
+@triton.jit
+def _dropout_mask_kernel(MASK, SEED, N, drop_threshold, BLOCK: tl.constexpr):
+    """Writes the keep mask the attention kernels apply, for tests and debugging."""
+    bh = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    seed = tl.load(SEED)
+    for start_n in range(0, N, BLOCK):
+        cols = start_n + tl.arange(0, BLOCK)
+        keep = _keep(seed, bh, rows, start_n, N, drop_threshold, BLOCK)
+        mask = (rows[:, None] < N) & (cols[None, :] < N)
+        tl.store(MASK + (bh * N + rows[:, None]).to(tl.int64) * N + cols[None, :], keep.to(tl.int8), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _tuned(kernel, gpu_configs):
+    """Autotuned over a few (BLOCK_M, BLOCK_N, warps, stages) on GPU, keyed on N, head dim, the
+    mask/dropout variant and (automatically) dtypes; one config under the interpreter, which
+    cannot benchmark and runs large blocks fastest."""
+    if interpreting():
+        configs = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
+    else:
+        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+                   for m, n, w, s in gpu_configs]
+    return triton.autotune(configs, key=["N", "HEAD_DIM", "HAS_KL", "DROPOUT"])(kernel)
+
+
+# Forward: query rows per program x key step. dkdv: query step x keys per program. dq: rows per
+# program x key step. Chosen so that at d = 64 the tiles a program keeps (q and its accumulator,
+# or k, v, dk, dv) stay in registers without spilling (ptxas, sm_90), dropout included.
+_fwd = _tuned(_attn_fwd, [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 2)])
+_dkdv = _tuned(_attn_bwd_dkdv, [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (64, 128, 8, 2)])
+_dq = _tuned(_attn_bwd_dq, [(64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2)])
+_PRE_BLOCK = 64
+
+
+def dropout_threshold(dropout_p: float) -> int:
+    """The kernels drop a probability when its 16-bit draw is below this: the drop probability
+    is dropout_p rounded to a multiple of 2^-16 (and the rescaling uses that same value)."""
+    return round(dropout_p * DROP_LEVELS.value)
+
+
+def _constexprs(q, key_lengths, threshold):
+    d = q.shape[-1]
+    return dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), TAIL=TAIL,
+                HAS_KL=key_lengths is not None, DROPOUT=threshold > 0,
+                # fp32 stays true fp32 (no TF32) to match the official computation to ~1e-6.
+                PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+
+
+def _grid(num_slabs, n, block):
+    return lambda meta: (triton.cdiv(n, meta[block]) * num_slabs,)
+
+
+def attention_forward(q, k, v, out, lse, key_lengths, seed, dropout_p, scale):
+    """Fills out and lse ([B, H, N] fp32, log2 units). q, k, v: [B, H, N, d] with one set of
+    strides and a unit last stride; out: [B, H, N, d], any such strides."""
+    B, H, N, _ = q.shape
+    threshold = dropout_threshold(dropout_p)
+    _fwd[_grid(B * H, N, "BLOCK_M")](q, k, v, out, lse, key_lengths, seed, *q.stride()[:3], *out.stride()[:3], H, N,
+                                     scale * LOG2E, threshold, **_constexprs(q, key_lengths, threshold))
+
+
+def attention_backward(do, q, k, v, out, lse, dq, dk, dv, key_lengths, seed, dropout_p, scale):
+    """Fills dq, dk, dv (one set of strides). do and out share strides."""
+    B, H, N, _ = q.shape
+    threshold = dropout_threshold(dropout_p)
+    meta = _constexprs(q, key_lengths, threshold)
+    # With dropout too, rowsum(dP * P) = rowsum(dO * O) for the dropped-and-rescaled output O.
+    delta = torch.empty_like(lse)
+    _attn_bwd_preprocess[(triton.cdiv(N, _PRE_BLOCK) * B * H,)](
+        out, do, delta, *out.stride()[:3], H, N, HEAD_DIM=meta["HEAD_DIM"], BLOCK_D=meta["BLOCK_D"],
+        BLOCK_M=_PRE_BLOCK)
+    common = (key_lengths, seed, *q.stride()[:3], *do.stride()[:3], *dq.stride()[:3], H, N, scale * LOG2E, scale,
+              threshold)
+    _dkdv[_grid(B * H, N, "BLOCK_N")](q, k, v, do, dk, dv, lse, delta, *common, **meta)
+    _dq[_grid(B * H, N, "BLOCK_M")](q, k, v, do, dq, lse, delta, *common, **meta)
+
+
+def dropout_keep_mask(seed: torch.Tensor, batch: int, num_heads: int, n: int, dropout_p: float) -> torch.Tensor:
+    """[B, H, N, N] bool: the keep mask the kernels apply for this seed (a one-element int64
+    tensor), for tests and debugging."""
+    mask = torch.empty((batch, num_heads, n, n), dtype=torch.int8, device=seed.device)
+    block = 64
+    _dropout_mask_kernel[(batch * num_heads, triton.cdiv(n, block))](mask, seed, n, dropout_threshold(dropout_p),
+                                                                      BLOCK=block)
+    return mask.bool()
+
+
+# ----------------------------------------------------------------------------- torch ops
+
+def _heads(x, num_heads, parts):
+    """[B, N, parts*H*d] as `parts` [B, H, N, d] views (no copy): the fused qkv Linear output, or
+    the [B, N, D] tensor the proj Linear reads."""
+    return x.unflatten(-1, (parts, num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def _inputs(q, k, v, num_heads):
+    """q, k, v as [B, H, N, d] with one set of strides and a unit last stride (what the kernels
+    index by). k is None: q is the packed [B, N, 3D] qkv."""
+    if k is None:
+        return _heads(q if q.stride(-1) == 1 else q.contiguous(), num_heads, 3)
+    if q.stride(-1) != 1 or not q.stride() == k.stride() == v.stride():
+        return q.contiguous(), k.contiguous(), v.contiguous()
+    return q, k, v
+
+
+def _empty_outputs(q, k, num_heads):
+    """(out as returned, its [B, H, N, d] view, lse). Shared by the op and its fake."""
+    if k is None:
+        B, N, D3 = q.shape
+        out = torch.empty((B, N, D3 // 3), dtype=q.dtype, device=q.device)
+        out4 = _heads(out, num_heads, 1)[0]
+    else:
+        out = out4 = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    B, H, N, _ = out4.shape
+    return out, out4, torch.empty((B, H, N), dtype=torch.float32, device=q.device)
+
+
+def _empty_grads(q, k, q4, num_heads):
+    """(grads as returned, [B, H, N, d] views of dq, dk, dv). Shared by the op and its fake."""
+    if k is None:
+        dqkv = torch.empty_like(q)
+        return [dqkv], _heads(dqkv, num_heads, 3)
+    grads = [torch.empty_like(q4) for _ in range(3)]
+    return grads, grads
+
+
+@torch.library.custom_op("mage_fast::attention_fwd", mutates_args=())
+def _attention_fwd(q: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor], num_heads: int,
+                   key_lengths: Optional[torch.Tensor], seed: Optional[torch.Tensor], dropout_p: float,
+                   scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    out, out4, lse = _empty_outputs(q, k, num_heads)
+    attention_forward(*_inputs(q, k, v, num_heads), out4, lse, key_lengths, seed, dropout_p, scale)
+    return out, lse
+
+
+@_attention_fwd.register_fake
+def _(q, k, v, num_heads, key_lengths, seed, dropout_p, scale):
+    out, _, lse = _empty_outputs(q, k, num_heads)
+    return out, lse
+
+
+@torch.library.custom_op("mage_fast::attention_bwd", mutates_args=())
+def _attention_bwd(do: torch.Tensor, q: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor],
+                   out: torch.Tensor, lse: torch.Tensor, num_heads: int, key_lengths: Optional[torch.Tensor],
+                   seed: Optional[torch.Tensor], dropout_p: float, scale: float) -> List[torch.Tensor]:
+    q4, k4, v4 = _inputs(q, k, v, num_heads)
+    grads, (dq, dk, dv) = _empty_grads(q, k, q4, num_heads)
+    out4, do4 = (_heads(t, num_heads, 1)[0] if k is None else t for t in (out, do.contiguous()))
+    attention_backward(do4, q4, k4, v4, out4, lse, dq, dk, dv, key_lengths, seed, dropout_p, scale)
+    return grads
+
+
+@_attention_bwd.register_fake
+def _(do, q, k, v, out, lse, num_heads, key_lengths, seed, dropout_p, scale):
+    return _empty_grads(q, k, _inputs(q, k, v, num_heads)[0], num_heads)[0]
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, ctx.num_heads, key_lengths, seed, ctx.dropout_p, ctx.scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_lengths, seed)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, key_lengths, seed = ctx.saved_tensors
+    grads = _attention_bwd(dout, q, k, v, out, lse, ctx.num_heads, key_lengths, seed, ctx.dropout_p, ctx.scale)
+    return (*grads, *[None] * (8 - len(grads)))
+
+
+_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fused_attention(q, k, v, num_heads, key_lengths, seed, dropout_p, scale):
+    """The Triton op on validated inputs: q, k, v [B, H, N, d], or q the packed [B, N, 3D] qkv
+    and k = v = None (then the output is [B, N, D] and the gradient [B, N, 3D]). seed: a
+    one-element int64 tensor on the device, or None without dropout."""
+    return _attention_fwd(q, k, v, num_heads, key_lengths, seed, dropout_p, scale)[0]
+
+
+# ----------------------------------------------------------------------------- reference
+
+def attention_ref(q, k, v, key_lengths=None, scale=None, *, dropout_mask=None, dropout_p=0.0, upcast=True):
+    """softmax(q k^T * scale) v on [B, H, N, d] in plain PyTorch, keys at index >= key_lengths[b]
+    masked out, the row max subtracted, probabilities multiplied by dropout_mask / (1 - p).
+    upcast=True: the scores, softmax and product with v in fp32 (float64 stays float64), as the
+    official code computes; upcast=False: the two matmuls in the input dtype (softmax in fp32),
+    flash-attention's same-precision baseline. Returns q's dtype."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    ct = torch.promote_types(q.dtype, torch.float32) if upcast else q.dtype
+    scores = (q.to(ct) @ k.to(ct).transpose(-2, -1)).to(torch.promote_types(ct, torch.float32)) * scale
+    if key_lengths is not None:
+        keys = torch.arange(k.shape[-2], device=k.device)
+        scores = scores.masked_fill(keys >= key_lengths.view(-1, 1, 1, 1), float("-inf"))
+    probs = (scores - scores.amax(dim=-1, keepdim=True)).softmax(dim=-1)
+    if dropout_mask is not None:
+        probs = probs * dropout_mask / (1.0 - dropout_p)
+    return (probs.to(ct) @ v.to(ct)).to(q.dtype)
