@@ -129,7 +129,7 @@ def main():
     if not cuda:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels' @triton.jit run
     import common
-    from mage_fast.ops.attention import attention_backend
+    from mage_fast.backends import triton_backend
     from mage_fast.roofline import roofline_for
     if args.results_dir:
         common.RESULTS = args.results_dir
@@ -138,7 +138,7 @@ def main():
     dtype = torch.bfloat16 if cuda else torch.float32
     record = common.device_record()
     roof = roofline_for(record["device"])
-    print(f"{record['device']}: attention runs as {attention_backend(device)}")
+    print(f"{record['device']}: attention runs as {triton_backend(device)}")
     impls = implementations(args.smoke)
     rows = []
     for b in ([1] if args.smoke else args.batch):

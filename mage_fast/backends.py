@@ -5,6 +5,8 @@ import logging
 import os
 from typing import Callable, Dict, Tuple
 
+import torch
+
 log = logging.getLogger("mage_fast")
 
 # op name -> function returning (implementation, reason) for a device type ("cpu"/"cuda").
@@ -51,6 +53,26 @@ def triton_version():
         return None
 
 
+def triton_backend(device_type: str) -> Tuple[str, str]:
+    """How a Triton op runs on device_type: (implementation, reason)."""
+    if triton_version() is None:
+        return "pytorch", "Triton does not import (a warning was logged): the PyTorch formulation"
+    if device_type == "cuda":
+        return "triton", "Triton kernels"
+    if device_type == "cpu" and interpreting():
+        return "triton-interpret", ("Triton's interpreter on CPU tensors (TRITON_INTERPRET=1; slow, for tests); "
+                                    "bf16 runs in PyTorch, which the interpreter miscomputes")
+    return "pytorch", (f"no Triton kernel runs on {device_type} tensors: the PyTorch formulation "
+                       "(MAGE_FAST_TRITON_INTERPRET=1 interprets the kernels instead)")
+
+
+@torch.compiler.assume_constant_result  # fixed for the process: torch.compile need not trace it
+def uses_triton(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a Triton op runs its kernel for tensors of this device and dtype."""
+    impl = triton_backend(device.type)[0]
+    return impl == "triton" or (impl == "triton-interpret" and dtype != torch.bfloat16)
+
+
 def register_op(name: str):
     """Decorator for a function device_type -> (implementation, reason) that says how op
     `name` runs; backend_report() collects them."""
@@ -62,7 +84,6 @@ def register_op(name: str):
 
 def backend_report(device_type: str = None) -> Dict[str, Dict[str, str]]:
     """{op: {"implementation": ..., "reason": ...}} for device_type (default: cuda if present)."""
-    import torch
     from . import ops  # noqa: F401  (importing registers the ops)
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"

@@ -7,13 +7,14 @@ import torch
 from .configs import CODEBOOK_SIZE, IMAGE_SIZE, MASK_ID, NUM_TOKENS
 
 
-def _describe(x):
-    return f"{type(x).__name__}" if not isinstance(x, torch.Tensor) else f"{x.dtype} {list(x.shape)}"
+def describe(x) -> str:
+    """What x is, for error messages."""
+    return f"{x.dtype} {list(x.shape)} on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 def check_images(images):
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor [B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}], got {_describe(images)}")
+        raise ValueError(f"images must be a float tensor [B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}], got {describe(images)}")
     if images.dim() != 4 or tuple(images.shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE) or images.shape[0] == 0:
         raise ValueError(f"images must have shape [B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}] with B >= 1, got {list(images.shape)}")
     if not bool(((images >= 0) & (images <= 1)).all()):
@@ -24,7 +25,7 @@ def check_ids(ids, allow_mask: bool):
     """Token ids [B, 256]: codebook ids in [0, 1024), plus MASK_ID (2024) where allowed."""
     what = f"codebook ids in [0, {CODEBOOK_SIZE})" + (f" or the mask id {MASK_ID}" if allow_mask else "")
     if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise ValueError(f"ids must be an integer tensor [B, {NUM_TOKENS}] of {what}, got {_describe(ids)}")
+        raise ValueError(f"ids must be an integer tensor [B, {NUM_TOKENS}] of {what}, got {describe(ids)}")
     if ids.dim() != 2 or ids.shape[1] != NUM_TOKENS or ids.shape[0] == 0:
         raise ValueError(f"ids must have shape [B, {NUM_TOKENS}] with B >= 1, got {list(ids.shape)}")
     valid = (ids >= 0) & (ids < CODEBOOK_SIZE)
@@ -41,13 +42,13 @@ def check_seeds(seeds: Union[Sequence[int], torch.Tensor]) -> torch.Tensor:
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"seeds must be a sequence of ints or an int tensor: {e}") from None
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.dim() != 1 or t.numel() == 0:
-        raise ValueError(f"seeds must be a non-empty 1-D integer sequence, got {_describe(t)}")
+        raise ValueError(f"seeds must be a non-empty 1-D integer sequence, got {describe(t)}")
     return t.to(torch.int64)
 
 
 def check_noise(noise, batch: int):
     if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
-        raise ValueError(f"noise must be a float tensor [{batch}, {NUM_TOKENS}], got {_describe(noise)}")
+        raise ValueError(f"noise must be a float tensor [{batch}, {NUM_TOKENS}], got {describe(noise)}")
     if tuple(noise.shape) != (batch, NUM_TOKENS):
         raise ValueError(f"noise must have shape [{batch}, {NUM_TOKENS}], got {list(noise.shape)}")
     if not bool(((noise >= 0) & (noise < 1)).all()):

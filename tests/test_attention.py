@@ -16,6 +16,7 @@ import torch
 from helpers import assert_error_bounded, compile_for_gpus, poisoned_allocations, rel_err
 from torch import nn
 
+from mage_fast import backends
 from mage_fast.backends import backend_report
 from mage_fast.kernels.attention import DROP_LEVELS, attention_ref, dropout_keep_mask, dropout_threshold
 from mage_fast.ops import attention, attention_qkv
@@ -35,7 +36,7 @@ def _unexpected(*args, **kwargs):
 @pytest.fixture(autouse=True)
 def kernels_only(monkeypatch):
     """Every test runs the Triton kernels: the PyTorch path fails it unless it asks for that path."""
-    assert OPS.attention_backend(DEVICE)[0] == KERNEL
+    assert OPS.triton_backend(DEVICE)[0] == KERNEL
     monkeypatch.setattr(OPS, "_attention_pytorch", _unexpected)
 
 
@@ -43,9 +44,10 @@ def kernels_only(monkeypatch):
 def pytorch_path(monkeypatch):
     """CPU tensors take the PyTorch path (as without the interpreter); the kernels must not run."""
     monkeypatch.setattr(OPS, "_attention_pytorch", FALLBACK)
-    monkeypatch.setattr(OPS, "interpreting", lambda: False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("MAGE_FAST_TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(OPS, "fused_attention", _unexpected)
-    assert OPS.attention_backend("cpu")[0] == "pytorch"
+    assert OPS.triton_backend("cpu")[0] == "pytorch"
 
 
 def randn(*shape, dtype=torch.float32, seed=0, device=DEVICE):
@@ -254,11 +256,11 @@ def test_interpreter_runs_bf16_in_pytorch(monkeypatch):
 
 def test_backend_report(monkeypatch):
     assert backend_report(DEVICE)["attention"]["implementation"] == KERNEL
-    assert OPS.attention_backend("cuda")[0] == "triton" and OPS.attention_backend("mps")[0] == "pytorch"
-    monkeypatch.setattr(OPS, "_TRITON", False)
+    assert OPS.triton_backend("cuda")[0] == "triton" and OPS.triton_backend("mps")[0] == "pytorch"
+    monkeypatch.setattr(backends, "triton_version", lambda: None)
     for device_type in ("cuda", "cpu"):
-        impl, reason = OPS.attention_backend(device_type)
-        assert impl == "pytorch" and "Triton is not installed" in reason
+        impl, reason = OPS.triton_backend(device_type)
+        assert impl == "pytorch" and "Triton does not import" in reason
 
 
 _x = torch.zeros(2, 2, 7, 16)

@@ -11,7 +11,8 @@ import torch
 from helpers import compile_for_gpus, poisoned_allocations
 from mage_fast.backends import backend_report, interpreting
 from mage_fast.ops import vq_nearest
-from mage_fast.ops.vq import triton_backend, vq_nearest_ref
+from mage_fast.backends import triton_backend
+from mage_fast.ops.vq import vq_nearest_ref
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernel runs

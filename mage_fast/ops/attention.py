@@ -7,31 +7,15 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from ..backends import interpreting, register_op, triton_version
+from ..backends import register_op, triton_backend, triton_version, uses_triton
 
-_TRITON = triton_version() is not None  # logged when missing; the op then runs in PyTorch
-if _TRITON:
+if triton_version() is not None:
     from mage_fast.kernels.attention import fused_attention
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
 
-
-@register_op("attention")
-def attention_backend(device_type: str):
-    if not _TRITON:
-        return "pytorch", "Triton is not installed (a warning was logged): PyTorch attention, materialised scores"
-    if device_type == "cuda":
-        return "triton", "fused Triton kernels: forward, and backward by recomputation"
-    if device_type == "cpu" and interpreting():
-        return "triton-interpret", ("the Triton kernels under TRITON_INTERPRET=1 (slow, for tests); bf16 runs in "
-                                    "PyTorch because the interpreter miscomputes bf16")
-    return "pytorch", f"no Triton kernel for {device_type} tensors outside the interpreter"
-
-
-def _use_kernel(x):
-    impl = attention_backend(x.device.type)[0]
-    return impl == "triton" or (impl == "triton-interpret" and x.dtype != torch.bfloat16)
+register_op("attention")(triton_backend)
 
 
 def attention(q, k, v, *, key_lengths=None, dropout_p=0.0, scale=None, seed=None):
@@ -55,7 +39,7 @@ def attention(q, k, v, *, key_lengths=None, dropout_p=0.0, scale=None, seed=None
         raise ValueError(f"attention: q, k, v must share dtype and device, got {q.dtype}/{q.device}, "
                          f"{k.dtype}/{k.device}, {v.dtype}/{v.device}")
     key_lengths, scale, seed = _check(q, q.shape[0], q.shape[-1], key_lengths, dropout_p, scale, seed)
-    if _use_kernel(q):
+    if uses_triton(q.device, q.dtype):
         return fused_attention(q, k, v, q.shape[1], key_lengths, seed, dropout_p, scale)
     return _attention_pytorch(q, k, v, key_lengths, dropout_p, scale)
 
@@ -73,7 +57,7 @@ def attention_qkv(qkv, num_heads, *, key_lengths=None, dropout_p=0.0, scale=None
                          f"for num_heads={num_heads!r}")
     B, N, D3 = qkv.shape
     key_lengths, scale, seed = _check(qkv, B, D3 // (3 * num_heads), key_lengths, dropout_p, scale, seed)
-    if _use_kernel(qkv):
+    if uses_triton(qkv.device, qkv.dtype):
         return fused_attention(qkv, None, None, num_heads, key_lengths, seed, dropout_p, scale)
     q, k, v = qkv.unflatten(-1, (3, num_heads, -1)).permute(2, 0, 3, 1, 4)
     return _attention_pytorch(q, k, v, key_lengths, dropout_p, scale).transpose(1, 2).reshape(B, N, D3 // 3)

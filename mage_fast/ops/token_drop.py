@@ -22,9 +22,10 @@ from typing import Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ..backends import register_op
+from ..backends import register_op, triton_backend, uses_triton
 from ..configs import CODEBOOK_SIZE, FAKE_CLASS_ID, MASK_ID, NUM_TOKENS, SEQ_LEN, VOCAB_SIZE
-from .vq import FLOAT_TYPES, describe, triton_backend, uses_triton
+from ..validation import describe
+from .vq import FLOAT_TYPES
 
 register_op("token_drop")(triton_backend)
 
@@ -264,7 +265,7 @@ def mask_sets(noise: Tensor, num_dropped: int, num_masked: Union[int, Tensor]) -
     num_dropped (num_masked) tokens with the smallest noise are dropped (masked), ties to the
     lower index. num_masked: an int, or a 1-element int64 tensor on noise's device (no sync)."""
     _check_counts(noise, num_dropped, num_masked)
-    if not uses_triton(noise.device):
+    if not uses_triton(noise.device, noise.dtype):
         return _mask_sets_torch(noise, num_dropped, num_masked)
     if not isinstance(num_masked, torch.Tensor):
         num_masked = torch.full((1,), num_masked, dtype=torch.int64, device=noise.device)
@@ -278,7 +279,7 @@ def embed_and_drop(ids: Tensor, masked: Tensor, keep_index: Tensor, word_embeddi
     Differentiable in the embeddings and the LayerNorm parameters."""
     args = (ids, masked, keep_index, word_embeddings, position_embeddings, ln_weight, ln_bias)
     _check_embed(*args)
-    if not uses_triton(word_embeddings.device):
+    if not uses_triton(word_embeddings.device, word_embeddings.dtype):
         return _embed_and_drop_torch(*args, eps)
     return _embed_op(*(t.contiguous() for t in args), float(eps))[0]
 
@@ -288,6 +289,6 @@ def restore(x: Tensor, keep_index: Tensor, masked: Tensor, pos_embed: Tensor) ->
     row if it is kept and not masked, else the class token's row x[:, 0]; plus pos_embed
     [1, 257, Dd]. Differentiable in x and pos_embed."""
     _check_restore(x, keep_index, masked, pos_embed)
-    if not uses_triton(x.device):
+    if not uses_triton(x.device, x.dtype):
         return _restore_torch(x, keep_index, masked, pos_embed)
     return _restore_op(x.contiguous(), keep_index.contiguous(), masked.contiguous(), pos_embed.squeeze(0))

@@ -5,31 +5,14 @@ from typing import Tuple
 
 import torch
 
-from ..backends import interpreting, register_op, triton_version
+from ..backends import register_op, triton_backend, uses_triton
 from ..reference.vqgan import nearest_code
+from ..validation import describe
 
 FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-@register_op("vq_nearest")
-def triton_backend(device_type: str) -> Tuple[str, str]:
-    """How a Triton op runs on device_type: (implementation, reason). Shared by the Triton ops."""
-    if triton_version() is None:
-        return "pytorch", "Triton does not import"
-    if device_type == "cuda":
-        return "triton", "Triton kernel"
-    if interpreting():
-        return "triton-interpret", "Triton's interpreter on CPU tensors (TRITON_INTERPRET=1)"
-    return "pytorch", f"no Triton kernel runs on {device_type} tensors without TRITON_INTERPRET=1"
-
-
-@torch.compiler.assume_constant_result  # fixed for the process: torch.compile need not trace it
-def uses_triton(device: torch.device) -> bool:
-    return triton_backend(device.type)[0] != "pytorch"
-
-
-def describe(x) -> str:
-    return f"{x.dtype} {list(x.shape)} on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
+register_op("vq_nearest")(triton_backend)
 
 
 def _check(z, codebook):
@@ -84,7 +67,7 @@ def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, return_vectors: bool = F
     [B, C, H, W] -> ids [B, H*W] (token h*W + w); int64. With return_vectors also the quantized
     vectors codebook[ids] in z's layout and the codebook's dtype. Not differentiable."""
     _check(z, codebook)
-    if not uses_triton(z.device):
+    if not uses_triton(z.device, z.dtype):
         return vq_nearest_ref(z, codebook, return_vectors)
     ids, vectors = _vq_nearest_op(z, codebook, return_vectors)
     return (ids, vectors) if return_vectors else ids
