@@ -1,5 +1,8 @@
 """Shared fixtures. Without CUDA, Triton kernels run under the interpreter: the variable must
-be set before any @triton.jit decorator runs, so it is set here, before tests import kernels."""
+be set before any @triton.jit decorator runs, so it is set here, before tests import kernels.
+Only tests marked `triton` (the kernel and fast-module tests) keep it while they run; the
+others, and the commands they start, take the ops' PyTorch paths, which the interpreter would
+make minutes slower."""
 import os
 
 import pytest
@@ -7,6 +10,16 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpret_only_kernel_tests(request):
+    """Module-scoped, so it runs before the module's own module-scoped fixtures."""
+    with pytest.MonkeyPatch.context() as mp:
+        if request.node.get_closest_marker("triton") is None:
+            mp.delenv("TRITON_INTERPRET", raising=False)
+            mp.delenv("MAGE_FAST_TRITON_INTERPRET", raising=False)
+        yield
 
 
 def pytest_collection_modifyitems(config, items):

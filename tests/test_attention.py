@@ -21,6 +21,8 @@ from mage_fast.backends import backend_report
 from mage_fast.kernels.attention import DROP_LEVELS, attention_ref, dropout_keep_mask, dropout_threshold
 from mage_fast.ops import attention, attention_qkv
 
+pytestmark = pytest.mark.triton  # runs the kernels: under the interpreter without CUDA
+
 OPS = importlib.import_module("mage_fast.ops.attention")  # mage_fast.ops.attention is the function
 FALLBACK = OPS._attention_pytorch
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

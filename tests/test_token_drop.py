@@ -18,6 +18,8 @@ from mage_fast.ops.token_drop import embed_and_drop_ref, mask_sets_ref, restore_
 from mage_fast.reference import mage_vit_tiny_test
 from mage_fast.reference.layers import label_smoothed_nll
 
+pytestmark = pytest.mark.triton  # runs the kernels: under the interpreter without CUDA
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernels run
 

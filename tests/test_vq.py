@@ -14,6 +14,8 @@ from mage_fast.ops import vq_nearest
 from mage_fast.backends import triton_backend
 from mage_fast.ops.vq import vq_nearest_ref
 
+pytestmark = pytest.mark.triton  # runs the kernels: under the interpreter without CUDA
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernel runs
 

@@ -16,6 +16,8 @@ RANDOM_WEIGHTS_WARNING = """
 def add_model_args(parser, default="mage_vit_base_patch16"):
     parser.add_argument("--model", choices=sorted(CONFIGS), default=default,
                         help=f"model size (default: {default})")
+    parser.add_argument("--impl", choices=("fast", "reference"), default="fast",
+                        help="fast module (Triton/CUDA kernels) or the pure-PyTorch reference (default: fast)")
     parser.add_argument("--ckpt", metavar="PATH",
                         help="official MAGE checkpoint (mage-vit{b,l}-1600.pth); without it, random weights")
     parser.add_argument("--vqgan-ckpt", metavar="PATH",
@@ -24,12 +26,9 @@ def add_model_args(parser, default="mage_vit_base_patch16"):
 
 def load_model(args, device):
     """The model named by --model with --ckpt/--vqgan-ckpt loaded strictly, in eval mode."""
-    import torch
     from ..checkpoint import load_checkpoint
-    from ..reference import mage_from_config
-    with torch.random.fork_rng():
-        torch.manual_seed(0)  # random weights, when no checkpoint, are the same in every process
-        model = mage_from_config(CONFIGS[args.model])
+    from ..model import build_model
+    model = build_model(args.model, args.impl)
     if args.ckpt or args.vqgan_ckpt:
         report = load_checkpoint(model, args.ckpt, args.vqgan_ckpt)
         log.info("checkpoint: %s", report)

@@ -63,7 +63,7 @@ def run(args):
                      ctx.world_size, ctx.device)
             if not args.ckpt:
                 log.warning(RANDOM_WEIGHTS_WARNING)
-        model = build_encoder(args.model, args.ckpt, args.vqgan_ckpt, args.pool, args.trusted)
+        model = build_encoder(args.model, args.ckpt, args.vqgan_ckpt, args.pool, args.trusted, args.impl)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         meta = {"model": args.model, "resize": args.resize,
                 "ckpt": args.ckpt and os.path.abspath(args.ckpt),

@@ -27,15 +27,12 @@ CHECKS = (  # (argument, valid, requirement)
 
 
 def register(sub):
-    from ..training import IMPLS, default_impl
     p = sub.add_parser("train", help="pretrain MAGE on an image folder (official recipe; resumable; torchrun)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, metavar="DIR",
                    help="image folder: class subfolders or images directly inside (labels are not used)")
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoints and log.jsonl go here")
     add_model_args(p)
-    p.add_argument("--impl", choices=sorted(IMPLS), default=default_impl(),
-                   help="model implementation (default: %(default)s)")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout probability (default: the official %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="images per GPU per forward (default: %(default)s)")
     p.add_argument("--accum-iter", type=int, default=1,

@@ -7,11 +7,9 @@ encoder blocks and, for the class-token feature, the final `norm`. The rest of a
 import logging
 from typing import Optional
 
-import torch
-
 from ..checkpoint import LoadReport, load_checkpoint
-from ..configs import CONFIGS
-from ..reference import MAGE, mage_from_config
+from ..model import build_model
+from ..reference import MAGE
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +39,10 @@ def load_encoder(model: MAGE, ckpt: str, vqgan_ckpt: Optional[str] = None, pool:
 
 
 def build_encoder(model_name: str, ckpt: Optional[str] = None, vqgan_ckpt: Optional[str] = None,
-                  pool: str = "avg", trusted: bool = False) -> MAGE:
+                  pool: str = "avg", trusted: bool = False, impl: str = "fast") -> MAGE:
     """The model in eval mode with its encoder loaded. Without `ckpt` the transformer keeps
     random weights, drawn from seed 0 so that every process and every resumed run agrees."""
-    if model_name not in CONFIGS:
-        raise ValueError(f"unknown model {model_name!r}; choose from {', '.join(sorted(CONFIGS))}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = mage_from_config(CONFIGS[model_name]).eval()
+    model = build_model(model_name, impl).eval()
     if ckpt is None:
         if vqgan_ckpt is not None:
             load_checkpoint(model, vqgan_ckpt=vqgan_ckpt, trusted=trusted)

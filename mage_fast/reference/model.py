@@ -235,11 +235,15 @@ class MAGE(nn.Module):
         return filled
 
 
-def mage_from_config(cfg: MAGEConfig, **kwargs) -> MAGE:
-    args = dict(embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+def config_kwargs(cfg: MAGEConfig) -> dict:
+    """The constructor arguments of a configuration."""
+    return dict(embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
                 decoder_embed_dim=cfg.decoder_embed_dim, decoder_depth=cfg.decoder_depth,
                 decoder_num_heads=cfg.decoder_num_heads, mlp_ratio=cfg.mlp_ratio, vqgan=cfg.vqgan)
-    return MAGE(**{**args, **kwargs})
+
+
+def mage_from_config(cfg: MAGEConfig, **kwargs) -> MAGE:
+    return MAGE(**{**config_kwargs(cfg), **kwargs})
 
 
 def mage_vit_base_patch16(**kwargs) -> MAGE:

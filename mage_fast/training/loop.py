@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoint import load_checkpoint
 from ..data import ImageFolder
 from .batches import TrainOrder, TrainSamples, mask_ratio, seed_dropout
-from .models import build_model
+from ..model import build_model
 from .optim import build_optimizer, freeze_unused, lr_at, scaled_lr
 from .progress import Progress
 from .state import LAST, epoch_path, keep_copy, restore, resume_path, save_checkpoint
@@ -37,8 +37,7 @@ def _resume_file(args, ctx):
 
 
 def _initial_model(args, ctx, resuming: bool):
-    torch.manual_seed(args.seed)  # the same initial weights in every process
-    model = build_model(args.model, args.impl, dropout=args.dropout)
+    model = build_model(args.model, args.impl, init_seed=args.seed, dropout=args.dropout)
     if resuming:
         log.info("resuming: the weights come from the checkpoint, --ckpt/--vqgan-ckpt are not read")
     elif args.ckpt or args.vqgan_ckpt:

@@ -1,0 +1,141 @@
+"""The drop-in fast MAGE: the reference's constructor, state_dict keys and API, with the fast
+paths inside.
+
+- attention: the fused Triton kernel straight from the qkv projection (ops.attention_qkv), in
+  the encoder and the decoder (head dim 48 on MAGE-B);
+- tokenize: the VQGAN encoder, then the fused distance + argmin kernel (ops.vq_nearest);
+- the training forward without a host sync: the mask ratio drawn on the device (or given), the
+  drop/mask sets, the encoder input and the decoder restore as static-shape kernels
+  (ops.mask_sets / embed_and_drop / restore), and the MLM head + label-smoothed loss on the
+  masked rows only, in chunks (ops.mlm_loss);
+- generation: the C++/CUDA decoding step (ops.decode_step).
+Where a kernel cannot run (no GPU, no Triton, no extension) each op falls back to PyTorch and
+says so in mage_fast.backend_report().
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .configs import CONFIGS, MAGE_B, MAGE_L, NUM_TOKENS, TINY_TEST, MAGEConfig
+from .ops import attention_qkv, decode_step, embed_and_drop, mask_sets, mlm_loss, restore, vq_nearest
+from .reference import model as reference
+from .reference.layers import Attention
+from .validation import check_images, check_noise
+
+
+class FastAttention(Attention):
+    """The official attention (fp32 scores, max subtracted, dropout on the probabilities),
+    computed by the fused kernel: no [B, H, N, N] scores, no permute copies."""
+
+    def forward(self, x):
+        dropout = self.attn_drop.p if self.training else 0.0
+        # The dropout seed is drawn on the device: no sync, graph-safe, and reseeded by
+        # torch.manual_seed like every other random draw of a training step.
+        seed = torch.randint(-2**63, 2**63 - 1, (1,), device=x.device) if dropout > 0 else None
+        out = attention_qkv(self.qkv(x), self.num_heads, dropout_p=dropout, scale=self.scale, seed=seed)
+        return self.proj_drop(self.proj(out))
+
+
+class MAGE(reference.MAGE):
+    attention = FastAttention
+    decoding_step = staticmethod(decode_step)
+
+    def _tokenize(self, images):
+        z = self.vqgan.encoder(images.float())
+        return vq_nearest(z, self.vqgan.quantize.embedding.weight)
+
+    def _draw_num_masked(self, device) -> torch.Tensor:
+        """ceil(256 * r), r ~ normal(mu, std) truncated to [min, max], drawn on the device."""
+        lo, hi = (0.5 * math.erfc(-(b - self.mask_ratio_mu) / (self.mask_ratio_std * math.sqrt(2)))
+                  for b in (self.mask_ratio_min, self.mask_ratio_max))
+        u = torch.rand((), dtype=torch.float64, device=device)
+        ratio = self.mask_ratio_mu + self.mask_ratio_std * torch.special.ndtri(lo + (hi - lo) * u)
+        num_dropped = math.ceil(NUM_TOKENS * self.mask_ratio_min)
+        return torch.ceil(NUM_TOKENS * ratio).clamp(num_dropped, NUM_TOKENS).long()
+
+    def forward(self, images: torch.Tensor, mask_ratio=None, noise=None) -> torch.Tensor:
+        """Training loss, as the reference. Given mask_ratio (float) and noise ([B, 256] in
+        [0, 1), no ties) it equals the official forward; otherwise both are drawn on the device
+        (noise ties, vanishingly rare, go to the lower position instead of a redraw)."""
+        check_images(images, values=images.device.type == "cpu")  # a value check syncs on a GPU
+        gt = self._tokenize(images)
+        batch, device = gt.shape[0], gt.device
+        if mask_ratio is None:
+            num_masked = self._draw_num_masked(device)
+        elif self.mask_ratio_min <= mask_ratio <= 1.0:
+            num_masked = self.token_counts(mask_ratio)[1]
+        else:
+            raise ValueError(f"mask_ratio must be in [{self.mask_ratio_min}, 1], got {mask_ratio}")
+        if noise is None:
+            noise = torch.rand(batch, NUM_TOKENS, device=device)
+        else:
+            check_noise(noise, batch, values=noise.device.type == "cpu")
+            noise = noise.to(device)
+        num_dropped = self.token_counts(self.mask_ratio_min)[0]
+        keep, masked = mask_sets(noise, num_dropped, num_masked)
+
+        emb = self.token_emb
+        x = embed_and_drop(gt, masked, keep, emb.word_embeddings.weight, emb.position_embeddings.weight,
+                           emb.LayerNorm.weight, emb.LayerNorm.bias, emb.LayerNorm.eps)
+        x = emb.dropout(x)
+        for block in self.blocks:
+            x = block(x)
+        x = restore(self.decoder_embed(self.norm(x)), keep, masked, self.decoder_pos_embed_learned)
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self._masked_loss(self.decoder_norm(x), gt, noise, num_masked)
+
+    def _masked_loss(self, x, gt, noise, num_masked):
+        """The loss over the masked positions only. They are the num_masked lowest-noise
+        positions (mask_sets' rule, ties to the lower position), so a stable sort of the noise
+        lists them first: with num_masked known on the host only those rows go through the
+        head; with a device count all 256 do, weighted 0/1, so no shape waits for the host."""
+        order = noise.argsort(dim=1, stable=True)
+        row_weights = None
+        if isinstance(num_masked, int):
+            order = order[:, :num_masked]
+        else:
+            ranks = torch.arange(NUM_TOKENS, device=order.device)
+            row_weights = (ranks < num_masked).float().expand(order.shape).reshape(-1)
+        rows = x[:, 1:].gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        head = self.mlm_layer
+        h = head.ln(F.gelu(head.fc(rows)))
+        codebook = self.config.vqgan.codebook_size
+        return mlm_loss(h.reshape(-1, h.shape[-1]), self.token_emb.word_embeddings.weight[:codebook],
+                        head.bias[0, 0, :codebook], gt.gather(1, order).reshape(-1), row_weights)
+
+
+def mage_from_config(cfg: MAGEConfig, **kwargs) -> MAGE:
+    return MAGE(**{**reference.config_kwargs(cfg), **kwargs})
+
+
+def mage_vit_base_patch16(**kwargs) -> MAGE:
+    return mage_from_config(MAGE_B, **kwargs)
+
+
+def mage_vit_large_patch16(**kwargs) -> MAGE:
+    return mage_from_config(MAGE_L, **kwargs)
+
+
+def mage_vit_tiny_test(**kwargs) -> MAGE:
+    """A tiny model for CPU tests (not a published configuration)."""
+    return mage_from_config(TINY_TEST, **kwargs)
+
+
+IMPLEMENTATIONS = {"fast": mage_from_config, "reference": reference.mage_from_config}
+
+
+def build_model(name: str, impl: str = "fast", init_seed: Optional[int] = 0, **kwargs):
+    """The model `name` (a key of CONFIGS) from implementation `impl` ("fast" or "reference");
+    kwargs go to its constructor. The random initialisation is drawn from `init_seed` (None:
+    torch's global RNG), so every process and every resumed run starts from the same weights."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(CONFIGS))}")
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {sorted(IMPLEMENTATIONS)}, got {impl!r}")
+    with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
+        if init_seed is not None:
+            torch.manual_seed(init_seed)
+        return IMPLEMENTATIONS[impl](CONFIGS[name], **kwargs)

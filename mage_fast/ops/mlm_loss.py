@@ -1,0 +1,87 @@
+"""MAGE's MLM head logits and label-smoothed cross-entropy, fused chunk by chunk.
+
+loss = sum_i w_i * [(1 - s) * NLL_i + s * mean_v(-log p_iv)] / sum_i w_i over rows i, with
+logits = h @ W^T + b over the 1024 codebook columns (MAGE_SPEC.md 2, 3). A chunk's logits live
+only inside the chunk: the [rows, 1024] matrix (let alone [B, 257, 2025]) is never stored. The
+loss ends the graph, so its gradient is computed during the forward pass and backward only
+scales it (the Liger-Kernel fused-linear-cross-entropy scheme). W gets no gradient: the official
+head reads the word embeddings detached. The GEMMs run in the autocast dtype when autocast is
+on (as the official head does under fp16), the softmax in fp32.
+"""
+from typing import Optional
+
+import torch
+
+from ..backends import register_op
+from ..reference.layers import label_smoothed_nll
+
+CHUNK_ROWS = 8192  # 32 MB of fp32 logits at 1024 columns
+
+
+@register_op("mlm_loss")
+def _backend(device_type: str):
+    return "pytorch", f"chunks of {CHUNK_ROWS} rows through torch matmuls (cuBLAS on CUDA); logits never stored"
+
+
+def mlm_loss_ref(h, weight, bias, targets, row_weights=None, smoothing=0.1):
+    """The official computation: materialised fp32 logits, then the criterion."""
+    per_row = label_smoothed_nll(h.float() @ weight.float().t() + bias.float(), targets, smoothing)
+    if row_weights is None:
+        return per_row.mean()
+    return (per_row * row_weights).sum() / row_weights.sum()
+
+
+def _compute_dtype(h):
+    if torch.is_autocast_enabled(h.device.type):
+        return torch.get_autocast_dtype(h.device.type)
+    return h.dtype
+
+
+class _MlmLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, row_scale, smoothing):
+        dtype = _compute_dtype(h)
+        with torch.autocast(h.device.type, enabled=False):
+            w = weight.detach().to(dtype)
+            grad_h = torch.empty_like(h)
+            grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=h.device)
+            loss = torch.zeros((), dtype=torch.float32, device=h.device)
+            for start in range(0, h.shape[0], CHUNK_ROWS):
+                rows = slice(start, start + CHUNK_ROWS)
+                logits = (h[rows].to(dtype) @ w.t()).float() + bias.float()
+                log_p = torch.log_softmax(logits, dim=-1)
+                t = targets[rows].unsqueeze(-1)
+                per_row = -(1.0 - smoothing) * log_p.gather(-1, t).squeeze(-1) - smoothing * log_p.mean(-1)
+                scale = row_scale[rows]
+                loss += (per_row * scale).sum()
+                # d loss / d logits = (p - (1 - s) onehot - s / V) * scale
+                grad = log_p.exp_().sub_(smoothing / weight.shape[0])
+                grad.scatter_add_(-1, t, torch.full_like(t, -(1.0 - smoothing), dtype=grad.dtype))
+                grad.mul_(scale.unsqueeze(-1))
+                grad_h[rows] = (grad.to(dtype) @ w).to(h.dtype)
+                grad_bias += grad.sum(0)
+        ctx.save_for_backward(grad_h, grad_bias)
+        ctx.bias_dtype = bias.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_bias = ctx.saved_tensors
+        return grad_h * grad_loss, None, (grad_bias * grad_loss).to(ctx.bias_dtype), None, None, None
+
+
+def mlm_loss(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
+             row_weights: Optional[torch.Tensor] = None, smoothing: float = 0.1) -> torch.Tensor:
+    """h [R, D] head hidden states, weight [V, D] (no gradient), bias [V], targets [R] int64,
+    row_weights [R] (0/1 masks; default all 1) -> the weighted mean loss, a scalar.
+    Gradients flow to h and bias."""
+    if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1]:
+        raise ValueError(f"h [R, D] and weight [V, D] must share D, got {list(h.shape)} and {list(weight.shape)}")
+    if bias.shape != (weight.shape[0],) or targets.shape != (h.shape[0],):
+        raise ValueError(f"bias must be [{weight.shape[0]}] and targets [{h.shape[0]}], got "
+                         f"{list(bias.shape)} and {list(targets.shape)}")
+    if row_weights is None:
+        row_scale = torch.full((h.shape[0],), 1.0 / h.shape[0], device=h.device)
+    else:
+        row_scale = row_weights.float() / row_weights.float().sum()
+    return _MlmLoss.apply(h, weight, bias, targets.long(), row_scale, smoothing)

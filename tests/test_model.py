@@ -1,0 +1,206 @@
+"""The fast MAGE module against the reference: same weights, noise and mask ratio, dropout off:
+the loss and every parameter gradient; tokenize, logits, generation, state_dict, backends."""
+import pytest
+import torch
+from helpers import rel_err
+
+import mage_fast
+from mage_fast import model as fast
+from mage_fast.backends import backend_report
+from mage_fast.configs import MASK_ID
+from mage_fast.ops.mlm_loss import mlm_loss, mlm_loss_ref
+from mage_fast.reference import mage_vit_tiny_test as reference_tiny
+from mage_fast.sampler import Sampler
+
+pytestmark = pytest.mark.triton  # runs the kernels: under the interpreter without CUDA
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+KERNEL = "triton" if DEVICE == "cuda" else "triton-interpret"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A fast and a reference tiny model with the same weights (a spread-out codebook, so the
+    tokenizer's argmin is far from ties), in eval mode: no dropout."""
+    torch.manual_seed(0)
+    ours = fast.mage_vit_tiny_test().eval()
+    with torch.no_grad():
+        ours.vqgan.quantize.embedding.weight.normal_()
+    ref = reference_tiny().eval()
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    return ours, ref
+
+
+def test_the_kernels_run(pair):
+    report = backend_report("cpu" if DEVICE == "cpu" else "cuda")
+    for op in ("attention", "token_drop", "vq_nearest"):
+        assert report[op]["implementation"] == KERNEL, (op, report[op])
+    assert report["decode_step"]["implementation"] in ("c++", "cuda")
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.73, 1.0])
+def test_loss_and_every_gradient_match_the_reference(pair, images, ratio):
+    ours, ref = pair
+    noise = torch.rand(2, 256, generator=torch.Generator().manual_seed(int(ratio * 100)))
+    losses = []
+    for model in (ours, ref):
+        model.zero_grad(set_to_none=True)
+        loss = model(images, mask_ratio=ratio, noise=noise)
+        loss.backward()
+        losses.append(loss)
+    assert rel_err(losses[0], losses[1]) < 1e-5
+    theirs = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        q = theirs[name]
+        if q.grad is None or not q.grad.abs().sum():
+            assert p.grad is None or not p.grad.abs().sum(), name
+            continue
+        assert rel_err(p.grad, q.grad) < 1e-4, name
+
+
+def test_device_mask_count_equals_host_count(pair, images):
+    """With num_masked as a device tensor all 256 rows go through the head, weighted 0/1; the
+    loss and gradients equal the host-count path that gathers only the masked rows."""
+    ours, _ = pair
+    x = torch.randn(2, 257, 96, requires_grad=True)
+    gt = torch.randint(0, 1024, (2, 256))
+    noise = torch.rand(2, 256)
+    results = []
+    for count in (181, torch.tensor(181)):
+        loss = ours._masked_loss(x, gt, noise, count)
+        grad, = torch.autograd.grad(loss, x)
+        results.append((loss, grad))
+    assert rel_err(results[0][0], results[1][0]) < 1e-6 and rel_err(results[0][1], results[1][1]) < 1e-5
+
+
+def test_mlm_loss_against_the_materialised_reference():
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(300, 64, generator=g, requires_grad=True)
+    weight = torch.randn(1024, 64, generator=g)
+    bias = torch.randn(1024, generator=g, requires_grad=True)
+    targets = torch.randint(0, 1024, (300,), generator=g)
+    rows = (torch.rand(300, generator=g) < 0.7).float()
+    for row_weights in (None, rows):
+        got = mlm_loss(h, weight, bias, targets, row_weights)
+        want = mlm_loss_ref(h, weight, bias, targets, row_weights)
+        assert rel_err(got, want) < 1e-6
+        for a, b in zip(torch.autograd.grad(got, (h, bias)), torch.autograd.grad(want, (h, bias))):
+            assert rel_err(a, b) < 1e-5
+    with pytest.raises(ValueError, match="share D"):
+        mlm_loss(h, weight[:, :32], bias, targets)
+
+
+def test_drawn_mask_ratio_and_noise(pair, images):
+    ours, _ = pair
+    torch.manual_seed(1)
+    counts = torch.stack([ours._draw_num_masked(torch.device("cpu")) for _ in range(2000)]).float()
+    assert counts.min() >= 128 and counts.max() <= 256
+    assert abs(counts.mean().item() / 256 - 0.694) < 0.015   # ceil adds ~0.5/256 to the 0.694 mean
+    ours.train()
+    try:
+        loss = ours(images)
+        loss.backward()
+    finally:
+        ours.eval()
+    assert torch.isfinite(loss)
+
+
+def test_tokenize_logits_and_features_match(pair, images):
+    ours, ref = pair
+    assert torch.equal(ours.tokenize(images), ref.tokenize(images))
+    ids = ref.tokenize(images)
+    ids[:, ::3] = MASK_ID
+    with torch.no_grad():
+        assert rel_err(ours.logits(ids), ref.logits(ids)) < 1e-5
+    assert rel_err(ours.features(images), ref.features(images)) < 1e-5
+
+
+def test_generation_uses_the_decoding_op(pair):
+    ours, _ = pair
+    ids = ours.generate([3, 4], num_iter=3)
+    assert ids.shape == (2, 256) and ids.max() < 1024 and ids.min() >= 0
+    assert torch.equal(ids, Sampler(ours, num_iter=3).generate([3, 4]))
+
+
+def test_drop_in_api():
+    assert mage_fast.MAGE is fast.MAGE
+    with torch.device("meta"):
+        a, b = fast.mage_vit_base_patch16().state_dict(), mage_fast.reference.mage_vit_base_patch16().state_dict()
+    assert list(a) == list(b)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        fast.mage_vit_tiny_test()(torch.rand(1, 3, 256, 256), mask_ratio=0.2)
+
+
+# ---------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+def test_base_config_matches_the_reference_on_gpu(dtype, tol):
+    """MAGE-B: loss within tol (relative), every gradient within 10 tol. bf16 runs both under
+    autocast; the reference keeps the official fp32 attention scores."""
+    torch.manual_seed(0)
+    ours = fast.mage_vit_base_patch16().cuda().eval()
+    ref = mage_fast.reference.mage_vit_base_patch16().cuda().eval()
+    ref.load_state_dict(ours.state_dict())
+    images = torch.rand(8, 3, 256, 256, device="cuda")
+    noise = torch.rand(8, 256, device="cuda")
+    losses = []
+    for model in (ours, ref):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            loss = model(images, mask_ratio=0.7, noise=noise)
+        loss.backward()
+        losses.append(loss.float())
+    assert rel_err(losses[0], losses[1]) < tol
+    theirs = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        if p.grad is not None and theirs[name].grad is not None and theirs[name].grad.abs().sum():
+            assert rel_err(p.grad, theirs[name].grad) < 10 * tol, name
+
+
+@pytest.mark.gpu
+def test_training_step_has_no_host_sync_and_captures_in_a_graph():
+    torch.manual_seed(0)
+    model = fast.mage_vit_base_patch16().cuda().train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, capturable=True)
+    images = torch.rand(16, 3, 256, 256, device="cuda")
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(images)
+        loss.backward()
+        opt.step()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = step()
+    losses = []
+    for _ in range(3):
+        graph.replay()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))) and len(set(losses)) > 1   # fresh randomness each replay
+
+
+@pytest.mark.gpu
+def test_compile_and_bf16_autocast():
+    torch.manual_seed(0)
+    model = fast.mage_vit_tiny_test().cuda().train()
+    compiled = torch.compile(model)
+    images = torch.rand(4, 3, 256, 256, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = compiled(images, mask_ratio=0.7)
+    loss.backward()
+    assert torch.isfinite(loss)
