@@ -8,11 +8,9 @@ is faster). err: each forward output's relative error against an fp32 reference.
     python benchmarks/bench_attention.py [--batch 64 256]   # on a GPU; writes benchmarks/results/
     python benchmarks/bench_attention.py --smoke            # CPU, tiny shapes: proves the script runs
 """
-import argparse
-import os
-import sys
-
 import torch
+
+from common import bench_ms, device_record, finish, setup
 
 # (workload, heads, tokens, head dim): MAGE-B encoder 12 x 64, decoder 16 x 48; MAGE-L 16 x 64.
 # Training encoders see the 129 kept tokens, decoders and generation all 257.
@@ -21,14 +19,6 @@ SHAPES = [("B-enc-train", 12, 129, 64), ("B-enc-gen", 12, 257, 64), ("B-dec", 16
 SMOKE_SHAPES = [("smoke", 2, 33, 48)]
 COLUMNS = ["workload", "B", "H", "N", "d", "mode", "impl", "ms", "tflops", "roofline", "err", "vs_best_sdpa",
            "vs_official", "note"]
-
-
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, nargs="+", default=[64], help="batch sizes (default: 64)")
-    p.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, CPU allowed: checks the code paths")
-    p.add_argument("--results-dir", help="where the result files go (default: benchmarks/results)")
-    return p.parse_args()
 
 
 def implementations(smoke):
@@ -80,7 +70,6 @@ def implementations(smoke):
 
 def measure(make, q, k, v, do, mode):
     """(ms dict, forward output) in `mode`: the ms of the forward, or of forward+backward."""
-    from common import bench_ms
     inputs, fn = make(q, k, v)
     inputs = [t.detach().requires_grad_(mode == "fwd+bwd") for t in inputs]
     run = (lambda: fn(*inputs)) if mode == "fwd" else (lambda: torch.autograd.grad(fn(*inputs), inputs, do))
@@ -121,22 +110,15 @@ def bench_shape(impls, workload, b, h, n, d, dtype, device, peak):
 
 
 def main():
-    args = parse_args()
+    args = setup(__doc__, "attention", lambda p: p.add_argument(
+        "--batch", type=int, nargs="+", default=[64], help="batch sizes (default: 64)"))
     cuda = torch.cuda.is_available()
-    if not cuda and not args.smoke:
-        sys.exit("bench_attention.py: no CUDA device. Timings mean something only on a GPU; pass --smoke to "
-                 "check on CPU that the script runs (Triton interpreter, tiny shapes).")
-    if not cuda:
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels' @triton.jit run
-    import common
     from mage_fast.backends import triton_backend
     from mage_fast.roofline import roofline_for
-    if args.results_dir:
-        common.RESULTS = args.results_dir
     device = "cuda" if cuda else "cpu"
     # bf16 is what MAGE trains in; the interpreter miscomputes bf16, so the smoke run uses fp32.
     dtype = torch.bfloat16 if cuda else torch.float32
-    record = common.device_record()
+    record = device_record()
     roof = roofline_for(record["device"])
     print(f"{record['device']}: attention runs as {triton_backend(device)}")
     impls = implementations(args.smoke)
@@ -144,7 +126,7 @@ def main():
     for b in ([1] if args.smoke else args.batch):
         for workload, h, n, d in (SMOKE_SHAPES if args.smoke else SHAPES):
             rows += bench_shape(impls, workload, b, h, n, d, dtype, device, roof.bf16_tflops if roof else None)
-    common.write_results("attention" + ("-smoke" if args.smoke else ""), rows, COLUMNS, record)
+    finish("attention", rows, COLUMNS, args, record)
 
 
 if __name__ == "__main__":

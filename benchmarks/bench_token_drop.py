@@ -10,14 +10,11 @@ official code syncs with the host, so it is timed eagerly only.
     python benchmarks/bench_token_drop.py          # on a GPU: writes benchmarks/results/...
     python benchmarks/bench_token_drop.py --smoke  # tiny shapes, any machine
 """
-import argparse
 import math
-import os
-import sys
 
 import torch
 
-from common import bench_ms, device_record, markdown_table, peak_memory_gib, write_results
+from common import bench_ms, device_record, finish, peak_memory_gib, setup
 
 COLUMNS = ["op", "dtype", "impl", "ms", "gb_s", "hbm_fraction", "speedup", "peak_gib"]
 
@@ -83,14 +80,8 @@ def workloads(batch, dim, dtype, device, ops):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes, no result files (CPU: Triton interpreter)")
-    args = parser.parse_args()
+    args = setup(__doc__, "token_drop")
     cuda = torch.cuda.is_available()
-    if not cuda:
-        if not args.smoke:
-            sys.exit("bench_token_drop: no CUDA device; GPU timings need one. Use --smoke to check the code paths on CPU.")
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported
     from mage_fast import ops
 
     record = device_record()
@@ -109,10 +100,7 @@ def main():
                 rows.append({"op": op, "dtype": str(dtype).replace("torch.", ""), "impl": impl, "ms": ms,
                              "gb_s": gb_s, "hbm_fraction": gb_s / peak_gbs if peak_gbs else float("nan"),
                              "speedup": base / ms, "peak_gib": peak_memory_gib(fn)})
-    if args.smoke:
-        print(markdown_table(rows, COLUMNS))
-    else:
-        write_results("token_drop", rows, COLUMNS, record)
+    finish("token_drop", rows, COLUMNS, args, record)
 
 
 if __name__ == "__main__":

@@ -5,25 +5,15 @@ shape (batch 256: 65,536 vectors x 1024 codes x 256 dims) and batch 32.
     python benchmarks/bench_vq.py            # on a GPU: writes benchmarks/results/<device>-<date>-vq.*
     python benchmarks/bench_vq.py --smoke    # tiny shapes, any machine: checks the code paths run
 """
-import argparse
-import os
-import sys
-
 import torch
 
-from common import bench_ms, markdown_table, peak_memory_gib, write_results
+from common import bench_ms, finish, peak_memory_gib, setup
 
 COLUMNS = ["shape", "impl", "ms", "tflops", "peak_gib", "speedup", "same_ids"]
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes, no result files (CPU: Triton interpreter)")
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        if not args.smoke:
-            sys.exit("bench_vq: no CUDA device; GPU timings need one. Use --smoke to check the code paths on CPU.")
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported
+    args = setup(__doc__, "vq")
     from mage_fast.ops import vq_nearest
     from mage_fast.ops.vq import vq_nearest_ref
 
@@ -49,10 +39,7 @@ def main():
                          "peak_gib": peak_memory_gib(fn), "speedup": base / ms,
                          # random inputs: a near-tie (distances within fp32 round-off) may differ
                          "same_ids": (fn() == ref).float().mean().item()})
-    if args.smoke:
-        print(markdown_table(rows, COLUMNS))
-    else:
-        write_results("vq", rows, COLUMNS)
+    finish("vq", rows, COLUMNS, args)
 
 
 if __name__ == "__main__":

@@ -1,38 +1,118 @@
-"""`mage-fast bench`: images/s and TFLOP/s of MAGE workloads on the local device."""
+"""`mage-fast bench`: training and sampling throughput of MAGE on this machine, the fast module
+timed side by side with the reference in one run, plus the per-kernel benchmarks.
+
+For each workload: images/s, ms per step, TFLOP/s, MFU against the device's bf16 peak, peak
+memory and the speed-up over its baseline (training: the reference under the same autocast;
+sampling: the reference run as the official script runs it). Device telemetry (NVML: name,
+driver, clocks, power, temperature) is recorded before and after. On CUDA the model is MAGE-B;
+on CPU the tiny test configuration, whose numbers only show that everything runs.
+"""
 import json
+import os
+import subprocess
+import sys
+import tempfile
 
 import torch
 
+from ..bench.report import stem
 from ..configs import CONFIGS
+
+COLUMNS = ["workload", "implementation", "batch", "median_ms", "images_per_s", "tflops", "mfu",
+           "peak_memory_gib", "speedup"]
+KERNEL_SCRIPTS = ("attention", "vq", "token_drop", "decode_step", "mlm_loss")
+BENCHMARKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                              "benchmarks")
 
 
 def register(sub):
-    p = sub.add_parser("bench", help="time MAGE training and generation steps on this machine",
-                       description=__doc__ + " On CUDA the default model is MAGE-B; on CPU the tiny "
-                       "test configuration (its numbers say nothing about GPU speed).")
+    p = sub.add_parser("bench", help="time MAGE training, sampling and the kernels on this machine",
+                       description=__doc__)
+    p.add_argument("--what", choices=("train", "sample", "kernels", "all"), default="all",
+                   help="which workloads (default: all; kernels need the repository's benchmarks/ folder)")
     p.add_argument("--model", choices=sorted(CONFIGS), default=None,
                    help="model size (default: mage_vit_base_patch16 on CUDA, mage_vit_tiny_test on CPU)")
-    p.add_argument("--batch", type=int, default=None, help="images per step (default: 32 on CUDA, 2 on CPU)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per workload (median reported)")
+    p.add_argument("--batch", type=int, default=None, help="training images per step (default: 256 on CUDA, 2 on CPU)")
+    p.add_argument("--sample-batch", type=int, default=None,
+                   help="the fast sampler's batch (default: the largest that fits on CUDA, 1 on CPU)")
+    p.add_argument("--num-iter", type=int, default=12, help="decoding steps of the sampling workload (default 12)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per workload (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
+    p.add_argument("--out", metavar="DIR", help="write <device>-<date>.{json,md,png} there (e.g. benchmarks/results)")
     p.set_defaults(func=run)
 
 
+# Per kernel script: which rows are ours and their speed-up over the baseline the script uses.
+SPEEDUPS = {
+    "attention": lambda r: r["impl"] == "ours" and r["mode"] == "fwd+bwd" and (
+        f"attention {r['workload']} B{r['B']}", "vs best SDPA", r.get("vs_best_sdpa")),
+    "vq": lambda r: r["impl"] == "mage_fast vq_nearest" and (f"vq {r['shape']}", "vs einsum", r.get("speedup")),
+    "token_drop": lambda r: r["impl"] == "mage_fast" and (f"{r['op']} {r['dtype']}", "vs nonzero", r.get("speedup")),
+    "decode_step": lambda r: r["impl"] == "official step" and (
+        f"decode step {r['dtype']} B{r['batch']}", "vs official", r.get("op speed-up")),
+    "mlm_loss": lambda r: r["impl"] == "mage_fast mlm_loss" and (f"head+loss {r['dtype']}", "vs official", r.get("speedup")),
+}
+
+
+def kernel_speedups(name, rows):
+    """Rows for the plot: {workload, implementation, speedup} of our kernel in each case."""
+    picked = [SPEEDUPS[name](r) for r in rows]
+    return [{"workload": w, "implementation": i, "speedup": s} for w, i, s in filter(None, picked)]
+
+
+def run_kernel_scripts(out_dir, record, smoke):
+    """Run each benchmarks/bench_<kernel>.py; returns {name: (rows, columns)} from their JSON."""
+    if not os.path.isdir(BENCHMARKS_DIR):
+        print(f"kernels: skipped, the benchmark scripts are not here ({BENCHMARKS_DIR} is missing: "
+              "run from a checkout of the repository)")
+        return {}
+    sections = {}
+    for name in KERNEL_SCRIPTS:
+        cmd = [sys.executable, f"bench_{name}.py", "--results-dir", out_dir] + (["--smoke"] if smoke else [])
+        print(f"\n== kernel benchmark: {name}", flush=True)
+        proc = subprocess.run(cmd, cwd=BENCHMARKS_DIR, text=True)
+        if proc.returncode:
+            raise SystemExit(f"benchmarks/bench_{name}.py failed (exit {proc.returncode})")
+        with open(os.path.join(out_dir, stem(record, name) + ".json")) as f:
+            rows = json.load(f)["sections"][name]
+        sections[name] = (rows, list(rows[0]) if rows else [])
+    return sections
+
+
 def run(args):
-    from ..benchmark import format_table, reference_workloads
+    from ..bench.measure import device_record
+    from ..bench.report import describe, plot, table, write
+    from ..bench.workloads import sample_workloads, train_workloads
+    from ..telemetry import nvml_snapshot
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model_name = args.model or ("mage_vit_base_patch16" if device.type == "cuda" else "mage_vit_tiny_test")
-    batch = args.batch or (32 if device.type == "cuda" else 2)
-    if batch < 1:
-        raise SystemExit("--batch must be >= 1")
-    if device.type == "cpu":
-        print(f"No GPU: timing {model_name} on CPU. These numbers check that the workloads run; "
-              "they say nothing about GPU throughput.")
-    results = reference_workloads(model_name, batch, device, args.warmup, args.repeats)
-    title = f"{model_name} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}"
-    print(format_table(results, title))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": model_name, "device": title, "results": [r.as_dict() for r in results]}, f, indent=2)
+    cuda = device.type == "cuda"
+    model = args.model or ("mage_vit_base_patch16" if cuda else "mage_vit_tiny_test")
+    if not cuda:
+        print(f"No GPU: timing {model} on CPU. These numbers show that everything runs; they say nothing "
+              "about GPU throughput.")
+    record = device_record()
+    print(describe(record))
+    peak = record["roofline"]["bf16_tflops"] if record["roofline"] and cuda else None
+    results = []
+    if args.what in ("train", "all"):
+        results += train_workloads(model, args.batch or (256 if cuda else 2), device, args.warmup, args.repeats)
+    if args.what in ("sample", "all"):
+        results += sample_workloads(model, args.sample_batch, args.num_iter, device, args.warmup, args.repeats)
+    speed = {(r.workload, r.implementation): r.images_per_s for r in results}
+    rows = [r.as_dict(peak, speed.get((r.workload, r.baseline))) for r in results]
+    sections = {f"{model} workloads": (rows, COLUMNS)} if rows else {}
+    plotted = list(rows)
+    if args.what in ("kernels", "all"):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, section in run_kernel_scripts(args.out or tmp, record, smoke=not cuda).items():
+                sections[f"kernel: {name}"] = section
+                plotted += kernel_speedups(name, section[0])
+    record["nvml_after"] = nvml_snapshot()
+    record["model"] = model
+    if rows:
+        print(f"\n{model} on {record['device']}\n{table(rows, COLUMNS)}")
+    if args.out:
+        path = write(args.out, record, sections)
+        written = [path + ".json", path + ".md"] + [p for p in [plot(path, plotted, describe(record)[:150])] if p]
+        print("wrote " + ", ".join(written))

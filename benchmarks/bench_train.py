@@ -1,0 +1,34 @@
+"""Training-step throughput (tokenizer, forward, backward, AdamW; batch 256 per GPU): the fast
+module under bf16 autocast, eager and captured in a CUDA graph, against the reference under the
+same autocast and the reference run the official way (fp16 autocast, materialised fp32
+attention scores). MFU from the FLOP count: 3x the transformer forward + the tokenizer.
+
+    python benchmarks/bench_train.py [--model mage_vit_base_patch16] [--batch 256]
+"""
+import torch
+
+from common import device_record, finish, setup
+from mage_fast.bench.workloads import train_workloads
+from mage_fast.configs import CONFIGS
+
+COLUMNS = ["workload", "implementation", "batch", "median_ms", "images_per_s", "tflops", "mfu", "speedup",
+           "peak_memory_gib"]
+
+
+def main():
+    def extra(p):
+        p.add_argument("--model", default="mage_vit_base_patch16", choices=sorted(CONFIGS))
+        p.add_argument("--batch", type=int, default=256, help="images per step (default: 256)")
+        p.add_argument("--repeats", type=int, default=5)
+    args = setup(__doc__, "train", extra)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, batch = ("mage_vit_tiny_test", 1) if args.smoke else (args.model, args.batch)
+    record = device_record()
+    peak = record["roofline"]["bf16_tflops"] if record["roofline"] else None
+    results = train_workloads(model, batch, device, warmup=2, repeats=args.repeats)
+    base = {r.implementation: r.images_per_s for r in results}
+    finish(f"train-{model}", [r.as_dict(peak, base[r.baseline]) for r in results], COLUMNS, args, record)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""FLOP counts of MAGE's workloads, for TFLOP/s and MFU (MAGE_SPEC.md: ~129 GFLOP/image for
+the tokenizer, ~187 for the VQGAN decoder, ~78 (MAGE-B) and ~217 (MAGE-L) per generation step)."""
+from typing import Callable
+
+import torch
+
+from ..configs import NUM_TOKENS, SEQ_LEN, MAGEConfig, flops_per_image
+
+
+def conv_flops(build: Callable[[], torch.nn.Module], input_shape) -> float:
+    """Multiply-add FLOPs (x2) of every Conv2d in one forward of build() on input_shape,
+    counted on the meta device (shapes only, no compute)."""
+    total = 0
+
+    def count(m, _inputs, out):
+        nonlocal total
+        total += 2 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    with torch.device("meta"):
+        module = build()
+        for m in module.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.register_forward_hook(count)
+        module(torch.empty(input_shape))
+    return float(total)
+
+
+def tokenizer_flops(cfg: MAGEConfig) -> float:
+    from ..reference.vqgan import Encoder
+    return conv_flops(lambda: Encoder(cfg.vqgan), (1, 3, 256, 256))
+
+
+def detokenizer_flops(cfg: MAGEConfig) -> float:
+    from ..reference.vqgan import Decoder
+    return conv_flops(lambda: Decoder(cfg.vqgan), (1, cfg.vqgan.z_channels, 16, 16))
+
+
+def train_flops_per_image(cfg: MAGEConfig) -> float:
+    """fwd + bwd (3x the forward) of the transformer, the encoder on the 129 kept tokens, plus
+    the frozen tokenizer's forward."""
+    return 3 * flops_per_image(cfg, SEQ_LEN - NUM_TOKENS // 2) + tokenizer_flops(cfg)
+
+
+def sample_flops_per_image(cfg: MAGEConfig, num_iter: int) -> float:
+    """num_iter forwards over all 257 tokens, then one VQGAN decode."""
+    return num_iter * flops_per_image(cfg, SEQ_LEN) + detokenizer_flops(cfg)

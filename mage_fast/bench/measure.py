@@ -1,0 +1,62 @@
+"""Timing and the record that makes a timing reproducible."""
+import datetime
+import statistics
+import time
+from typing import Callable, List
+
+import torch
+
+from ..roofline import roofline_for
+from ..telemetry import nvml_snapshot, versions
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> List[float]:
+    """Wall time of each of `repeats` calls of fn, in ms, after `warmup` calls: CUDA events on a
+    GPU (for whole steps, which dwarf the L2 cache), perf_counter on CPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def bench_ms(fn, warmup=25, rep=100):
+    """Median, 20th and 80th percentile ms of a kernel-sized fn: triton.testing.do_bench (CUDA
+    events, L2 flushed between calls) on a GPU; perf_counter on CPU, for smoke runs only."""
+    if torch.cuda.is_available():
+        import triton.testing
+        p50, p20, p80 = triton.testing.do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8])
+        return {"ms": p50, "ms_p20": p20, "ms_p80": p80}
+    times = time_ms(fn, torch.device("cpu"), warmup=1, repeats=3)
+    return {"ms": statistics.median(times), "ms_p20": min(times), "ms_p80": max(times)}
+
+
+def peak_memory_gib(fn) -> float:
+    """Peak CUDA memory of one call of fn above what was allocated before (NaN off GPU)."""
+    if not torch.cuda.is_available():
+        return float("nan")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+def device_record() -> dict:
+    """Device, driver, clocks, power and temperature (NVML), versions, date and roofline."""
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    roof = roofline_for(name)
+    return {"device": name, "date": datetime.date.today().isoformat(), "versions": versions(),
+            "nvml": nvml_snapshot(), "roofline": roof.__dict__ if roof else None}

@@ -1,0 +1,98 @@
+"""What a benchmark run leaves: a table on the terminal, and <device>-<date>[-name].{json,md,png}."""
+import json
+import logging
+import math
+import os
+from typing import Dict, List, Optional
+
+log = logging.getLogger("mage_fast")
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def table(rows: List[Dict], columns: List[str]) -> str:
+    """A fixed-width text table (what the terminal shows)."""
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(out)
+
+
+def markdown_table(rows: List[Dict], columns: List[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def stem(record: dict, name: Optional[str] = None) -> str:
+    device = record["device"].replace(" ", "_").replace("/", "_")
+    return f"{device}-{record['date']}" + (f"-{name}" if name else "")
+
+
+def write(out_dir: str, record: dict, sections: Dict[str, tuple], name: Optional[str] = None) -> str:
+    """sections: title -> (rows, columns). Writes <stem>.json (the record, every row) and
+    <stem>.md (the tables); returns the path stem."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, stem(record, name))
+    with open(path + ".json", "w") as f:
+        json.dump({**record, "sections": {t: rows for t, (rows, _) in sections.items()}}, f, indent=2, default=str)
+    with open(path + ".md", "w") as f:
+        f.write(f"# {record['device']}, {record['date']}\n\n{describe(record)}\n")
+        for title, (rows, columns) in sections.items():
+            f.write(f"\n## {title}\n\n{markdown_table(rows, columns)}\n")
+    return path
+
+
+def describe(record: dict) -> str:
+    """One paragraph: versions, driver, clocks (NVML before the run), roofline."""
+    v = record["versions"]
+    nvml = record.get("nvml") or {}
+    parts = [f"torch {v['torch']} (CUDA {v['torch_cuda']}), triton {v['triton']}, python {v['python']}"]
+    if "error" in nvml:
+        parts.append(f"NVML: {nvml['error']}")
+    else:
+        for g in nvml.get("gpus", []):
+            parts.append(f"driver {nvml['driver']}, {g['name']}: SM {g['sm_clock_mhz']}/{g['sm_clock_max_mhz']} MHz, "
+                         f"memory {g['mem_clock_mhz']} MHz, {g['power_w']} W, {g['temperature_c']} C")
+    roof = record.get("roofline")
+    parts.append(f"roofline: {roof['name']}, {roof['bf16_tflops']} TFLOP/s bf16, {roof['hbm_tbps']} TB/s"
+                 if roof else "roofline: none known for this device (no MFU)")
+    return "; ".join(parts) + "."
+
+
+def plot(path: str, rows: List[Dict], title: str = "") -> Optional[str]:
+    """A bar chart of speed-ups (ours over the baseline, per workload or kernel) to path.png;
+    None, with a log line, when matplotlib (the 'plot' extra) is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed (pip install mage-fast[plot]): no plot")
+        return None
+    bars = [(f"{r['workload']}\n{r['implementation']}", r["speedup"]) for r in rows
+            if r.get("speedup") and r.get("baseline") != r["implementation"]]
+    if not bars:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(bars)), 4.5))
+    labels, values = zip(*bars)
+    colours = ["#2a9d8f" if v >= 1 else "#e76f51" for v in values]
+    ax.bar(range(len(values)), values, color=colours)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(values)), labels, fontsize=7, rotation=30, ha="right")
+    ax.set_ylabel("speed-up over the baseline (x)")
+    ax.set_title(title, fontsize=9)
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.2f}x", ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path + ".png", dpi=120)
+    plt.close(fig)
+    return path + ".png"

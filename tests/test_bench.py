@@ -1,0 +1,95 @@
+"""`mage-fast bench` (what `make bench` runs): end to end on CPU, its JSON, the MFU and roofline
+arithmetic, and machines without NVML."""
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from mage_fast.bench.report import describe, table
+from mage_fast.bench.workloads import Result
+from mage_fast.cli import main
+from mage_fast.roofline import roofline_for
+from mage_fast.telemetry import nvml_snapshot
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU run of the bench")
+def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
+    main(["bench", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "No GPU" in out and "images_per_s" in out and "sample T=12" in out
+    record = json.loads(next(tmp_path.glob("cpu-*[0-9].json")).read_text())
+    for key in ("device", "date", "versions", "nvml", "nvml_after", "roofline", "model", "sections"):
+        assert key in record, key
+    assert record["model"] == "mage_vit_tiny_test" and record["roofline"] is None
+    rows = record["sections"]["mage_vit_tiny_test workloads"]
+    assert {r["implementation"] for r in rows} == {"reference fp32", "fast fp32", "reference fp32 (official)",
+                                                    "fast sampler float32"}
+    for r in rows:
+        assert r["median_ms"] > 0 and r["images_per_s"] > 0 and r["tflops"] > 0 and r["speedup"] > 0
+        assert math.isclose(r["images_per_s"], r["batch"] / (r["median_ms"] / 1e3))
+        assert r["mfu"] is None                                # no roofline for a CPU
+    for kernel in ("attention", "vq", "token_drop", "decode_step", "mlm_loss"):
+        assert record["sections"][f"kernel: {kernel}"], kernel
+    assert (tmp_path / (next(tmp_path.glob("cpu-*[0-9].json")).stem + ".md")).exists()
+
+
+def test_throughput_and_mfu_arithmetic():
+    r = Result("train", "fast", batch=10, ms=[90.0, 100.0, 500.0], flops_per_image=1e12)
+    assert r.median_ms == 100.0 and r.images_per_s == 100.0
+    assert r.tflops == 100.0 and r.mfu(1000.0) == pytest.approx(0.1) and r.mfu(None) is None
+    row = r.as_dict(peak_tflops=1000.0, baseline_images_per_s=40.0)
+    assert row["speedup"] == 2.5 and row["mfu"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("name,roof,tflops,tbps", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.0, 3.35),
+    ("NVIDIA H100 PCIe", "H100 PCIe", 756.0, 2.0),
+    ("NVIDIA H200", "H200", 989.0, 4.8),
+    ("NVIDIA A100-SXM4-40GB", "A100 SXM 40GB", 312.0, 1.555),
+    ("NVIDIA A100-SXM4-80GB", "A100 SXM 80GB", 312.0, 2.04),
+])
+def test_roofline_table(name, roof, tflops, tbps):
+    r = roofline_for(name)
+    assert (r.name, r.bf16_tflops, r.hbm_tbps) == (roof, tflops, tbps)
+
+
+def test_unknown_device_has_no_roofline():
+    assert roofline_for("cpu") is None and roofline_for("Some GPU") is None
+
+
+def test_nvml_missing_is_a_clear_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    assert nvml_snapshot() == {"error": "nvidia-ml-py is not installed"}
+    record = {"versions": {"torch": "x", "torch_cuda": None, "triton": None, "python": "3"},
+              "nvml": nvml_snapshot(), "roofline": None}
+    assert "NVML: nvidia-ml-py is not installed" in describe(record)
+
+
+def test_nvml_without_a_driver(monkeypatch):
+    pynvml = pytest.importorskip("pynvml")
+
+    def no_driver():
+        raise pynvml.NVMLError_LibraryNotFound()
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_driver)
+    snapshot = nvml_snapshot()
+    assert list(snapshot) == ["error"] and snapshot["error"].startswith("NVML unavailable")
+
+
+def test_table_shows_missing_values_as_dashes():
+    text = table([{"a": 1.23456, "b": float("nan"), "c": None}], ["a", "b", "c"])
+    assert text.splitlines()[-1].split() == ["1.23", "-", "-"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU smoke run of the script")
+def test_train_benchmark_script_runs(tmp_path):
+    import os
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "bench_train.py", "--smoke", "--repeats", "1", "--results-dir", str(tmp_path)],
+                          cwd=os.path.join(root, "benchmarks"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(next(tmp_path.glob("*-train-mage_vit_tiny_test.json")).read_text())["sections"]
+    assert {r["implementation"] for r in next(iter(rows.values()))} == {"reference fp32", "fast fp32"}
