@@ -15,21 +15,9 @@ import math
 import torch
 
 from common import bench_ms, device_record, finish, peak_memory_gib, setup
+from mage_fast.cuda_graphs import capture
 
 COLUMNS = ["op", "dtype", "impl", "ms", "gb_s", "hbm_fraction", "speedup", "peak_gib"]
-
-
-def graphed(fn):
-    """fn captured in a CUDA graph (warmed up on a side stream first): returns its replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 def workloads(batch, dim, dtype, device, ops):
@@ -91,7 +79,7 @@ def main():
     for dtype in (torch.bfloat16, torch.float32) if cuda else (torch.float32,):
         for op, (nbytes, impls) in workloads(batch, dim, dtype, "cuda" if cuda else "cpu", ops).items():
             if cuda:
-                impls["mage_fast (CUDA graph)"] = graphed(impls["mage_fast"])
+                impls["mage_fast (CUDA graph)"] = capture(impls["mage_fast"])[0].replay
             base = None
             for impl, fn in impls.items():
                 ms = bench_ms(fn)["ms"]

@@ -12,6 +12,7 @@ paths inside.
 Where a kernel cannot run (no GPU, no Triton, no extension) each op falls back to PyTorch and
 says so in mage_fast.backend_report().
 """
+import functools
 import math
 from typing import Optional
 
@@ -111,17 +112,10 @@ def mage_from_config(cfg: MAGEConfig, **kwargs) -> MAGE:
     return MAGE(**{**reference.config_kwargs(cfg), **kwargs})
 
 
-def mage_vit_base_patch16(**kwargs) -> MAGE:
-    return mage_from_config(MAGE_B, **kwargs)
-
-
-def mage_vit_large_patch16(**kwargs) -> MAGE:
-    return mage_from_config(MAGE_L, **kwargs)
-
-
-def mage_vit_tiny_test(**kwargs) -> MAGE:
-    """A tiny model for CPU tests (not a published configuration)."""
-    return mage_from_config(TINY_TEST, **kwargs)
+# The published sizes and a tiny configuration for CPU tests (not a published model).
+mage_vit_base_patch16 = functools.partial(mage_from_config, MAGE_B)
+mage_vit_large_patch16 = functools.partial(mage_from_config, MAGE_L)
+mage_vit_tiny_test = functools.partial(mage_from_config, TINY_TEST)
 
 
 IMPLEMENTATIONS = {"fast": mage_from_config, "reference": reference.mage_from_config}

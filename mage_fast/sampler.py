@@ -12,6 +12,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 
 from .configs import MASK_ID, NUM_TOKENS
+from .cuda_graphs import capture
 from .ops import decode_step
 from .validation import check_images, check_seeds
 
@@ -75,14 +76,8 @@ class Sampler:
         """(graph, static seeds, static outputs) for a batch size: captured once, then replayed."""
         if batch not in self._graphs:
             seeds = torch.zeros(batch, dtype=torch.long, device=self.device)
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.no_grad(), torch.cuda.stream(side):
-                self._generate(seeds)  # warm-up: lazy initialisation happens outside the capture
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.no_grad(), torch.cuda.graph(graph):
-                outputs = self._generate(seeds)
+            with torch.no_grad(), torch.cuda.device(self.device):
+                graph, outputs = capture(lambda: self._generate(seeds), warmup=1)
             self._graphs[batch] = (graph, seeds, outputs)
             log.info("captured the sampling graph for batch %d", batch)
         return self._graphs[batch]

@@ -24,6 +24,16 @@ def assert_error_bounded(out, same_precision, exact, factor=2.0, atol=1e-6, what
     assert err <= factor * base + atol, f"{what}: error {err:.3e} vs PyTorch same-precision {base:.3e}"
 
 
+def without_host_sync(fn):
+    """fn() with CUDA's sync debug mode at 'error': any host sync inside raises."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        return fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @contextlib.contextmanager
 def poisoned_allocations():
     """torch.empty/empty_like return NaN-filled (float) or -1-filled (integer) tensors inside

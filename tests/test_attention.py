@@ -18,6 +18,7 @@ from torch import nn
 
 from mage_fast import backends
 from mage_fast.backends import backend_report
+from mage_fast.cuda_graphs import capture
 from mage_fast.kernels.attention import DROP_LEVELS, attention_ref, dropout_keep_mask, dropout_threshold
 from mage_fast.ops import attention, attention_qkv
 
@@ -350,15 +351,7 @@ def test_cuda_graph_replay_matches_eager():
         out = attention_qkv(qkv, h, key_lengths=kl, dropout_p=0.1, seed=seed)
         return (out, *torch.autograd.grad(out, qkv, do))
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):  # compiles and autotunes outside the capture
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = step()
+    graph, static = capture(step)
     replayed = []
     for s in (1, 2):
         with torch.no_grad():

@@ -8,7 +8,10 @@ import sys
 import pytest
 import torch
 
+from helpers import without_host_sync
+
 from mage_fast.configs import MASK_ID
+from mage_fast.cuda_graphs import capture
 from mage_fast.ops import decode_step, decode_step_with_noise
 from mage_fast.ops.decode_step import backend
 from mage_fast.reference import decoding_step, schedule
@@ -176,14 +179,7 @@ def test_cuda_is_bit_identical_to_cpu(dtype):
 def test_cuda_graph_capture_and_replay():
     logits, ids, seeds, _, _ = [t.cuda() for t in random_case(16, 256, 1024, torch.bfloat16, 0.2, seed=6)]
     static_logits, static_ids = logits.clone(), ids.clone()
-    torch.cuda.synchronize()
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        decode_step(static_logits, static_ids, seeds, 3, 12, 4.5)  # warm-up off the default stream
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = decode_step(static_logits, static_ids, seeds, 3, 12, 4.5)
+    graph, out = capture(lambda: decode_step(static_logits, static_ids, seeds, 3, 12, 4.5))
     for trial in range(3):
         new_logits = torch.randn_like(logits) * 3
         static_logits.copy_(new_logits)
@@ -195,12 +191,7 @@ def test_cuda_graph_capture_and_replay():
 @gpu
 def test_no_host_sync():
     logits, ids, seeds, _, _ = [t.cuda() for t in random_case(8, 256, 1024, torch.float32, 0.2, seed=7)]
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        decode_step(logits, ids, seeds, 0, 12, 4.5)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    without_host_sync(lambda: decode_step(logits, ids, seeds, 0, 12, 4.5))
 
 
 def test_benchmark_script_runs(tmp_path):

@@ -2,12 +2,13 @@
 the loss and every parameter gradient; tokenize, logits, generation, state_dict, backends."""
 import pytest
 import torch
-from helpers import rel_err
+from helpers import rel_err, without_host_sync
 
 import mage_fast
 from mage_fast import model as fast
 from mage_fast.backends import backend_report
 from mage_fast.configs import MASK_ID
+from mage_fast.cuda_graphs import capture
 from mage_fast.ops.mlm_loss import mlm_loss, mlm_loss_ref
 from mage_fast.reference import mage_vit_tiny_test as reference_tiny
 from mage_fast.sampler import Sampler
@@ -172,21 +173,8 @@ def test_training_step_has_no_host_sync_and_captures_in_a_graph():
         opt.step()
         return loss
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        loss = step()
+    graph, loss = capture(step)
+    without_host_sync(step)
     losses = []
     for _ in range(3):
         graph.replay()

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_error_bounded, compile_for_gpus, poisoned_allocations, rel_err
+from helpers import assert_error_bounded, compile_for_gpus, poisoned_allocations, rel_err, without_host_sync
 from mage_fast.backends import backend_report, interpreting
 from mage_fast.configs import FAKE_CLASS_ID, MASK_ID
+from mage_fast.cuda_graphs import capture
 from mage_fast.ops import embed_and_drop, mask_sets, restore, vq_nearest
 from mage_fast.ops.token_drop import embed_and_drop_ref, mask_sets_ref, restore_ref
 from mage_fast.reference import mage_vit_tiny_test
@@ -329,20 +330,9 @@ def test_no_host_sync_and_graph_capture_on_gpu():
         dec = restore(x, keep_index, masked, pos)
         return torch.autograd.grad(enc.square().sum() + dec.square().sum(), [*params, x, pos])
 
-    side = torch.cuda.Stream()  # warm-up on a side stream, as torch.cuda.graph asks for autograd
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        expected = step()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    expected = step()
+    without_host_sync(step)
+    graph, captured = capture(step)
     graph.replay()
     torch.cuda.synchronize()
     for a, b in zip(captured, expected):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import compile_for_gpus, poisoned_allocations
-from mage_fast.backends import backend_report, interpreting
+from helpers import compile_for_gpus, poisoned_allocations, without_host_sync
+from mage_fast.backends import backend_report, interpreting, triton_backend
+from mage_fast.cuda_graphs import capture
 from mage_fast.ops import vq_nearest
-from mage_fast.backends import triton_backend
 from mage_fast.ops.vq import vq_nearest_ref
 
 pytestmark = pytest.mark.triton  # runs the kernels: under the interpreter without CUDA
@@ -152,16 +152,9 @@ def test_bf16_and_mage_b_shape_on_gpu():
 @pytest.mark.gpu
 def test_no_host_sync_and_graph_capture_on_gpu():
     z, codebook = far_from_ties(1000, 1024, 256, torch.float32, seed=16, device="cuda")
-    expected = vq_nearest(z, codebook)  # warm-up: compiles and autotunes outside the graph
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        vq_nearest(z, codebook)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        ids = vq_nearest(z, codebook)
+    expected = vq_nearest(z, codebook)  # compiles and autotunes (a sync) before the checks
+    without_host_sync(lambda: vq_nearest(z, codebook))
+    graph, ids = capture(lambda: vq_nearest(z, codebook))
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(ids, expected)

@@ -8,6 +8,7 @@ from typing import List, Optional
 import torch
 
 from ..configs import CONFIGS
+from ..cuda_graphs import capture
 from ..model import build_model
 from ..training.optim import BETAS, freeze_unused, param_groups
 from .baselines import official_generate
@@ -86,20 +87,6 @@ def _train_step(model, dtype, capturable=False):
     return step
 
 
-def _graphed(step, images):
-    """step(images) captured in a CUDA graph (after warm-up on a side stream), and its replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step(images)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step(images)
-    return graph.replay
-
-
 def train_workloads(model_name: str, batch: int, device: torch.device, warmup: int, repeats: int) -> List[Result]:
     """The training step of the reference the official way (fp16 autocast, fp32 attention
     scores), the reference and the fast module under bf16 autocast, and the fast step captured
@@ -119,7 +106,7 @@ def train_workloads(model_name: str, batch: int, device: torch.device, warmup: i
     for label, impl, dtype, graph in cases:
         model = build_model(model_name, impl).to(device).train()
         step = _train_step(model, dtype, capturable=graph)
-        fn = _graphed(step, images) if graph else (lambda: step(images))
+        fn = capture(lambda: step(images))[0].replay if graph else (lambda: step(images))
         results.append(_measure("train", label, batch, fn, flops, device, warmup, repeats, baseline))
         del model, step, fn
         _release()

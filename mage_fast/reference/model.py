@@ -4,6 +4,7 @@ It is the oracle every fast path is tested against, so it favours clarity over s
 state_dict has exactly the official keys (the tokenizer under `vqgan.*`, the unused
 parameters included), so official checkpoints load with strict=True.
 """
+import functools
 import math
 from typing import Optional, Sequence, Union
 
@@ -246,14 +247,7 @@ def mage_from_config(cfg: MAGEConfig, **kwargs) -> MAGE:
     return MAGE(**{**config_kwargs(cfg), **kwargs})
 
 
-def mage_vit_base_patch16(**kwargs) -> MAGE:
-    return mage_from_config(MAGE_B, **kwargs)
-
-
-def mage_vit_large_patch16(**kwargs) -> MAGE:
-    return mage_from_config(MAGE_L, **kwargs)
-
-
-def mage_vit_tiny_test(**kwargs) -> MAGE:
-    """A tiny model for CPU tests (not a published configuration)."""
-    return mage_from_config(TINY_TEST, **kwargs)
+# The published sizes and a tiny configuration for CPU tests (not a published model).
+mage_vit_base_patch16 = functools.partial(mage_from_config, MAGE_B)
+mage_vit_large_patch16 = functools.partial(mage_from_config, MAGE_L)
+mage_vit_tiny_test = functools.partial(mage_from_config, TINY_TEST)
