@@ -59,7 +59,7 @@ def write_png_atomic(path, pixels: np.ndarray):
 
 def write_manifest_or_check(args, out, batch):
     """Record the settings that decide the images; a resume must agree with them."""
-    settings = {"model": args.model, "ckpt": os.path.abspath(args.ckpt) if args.ckpt else None,
+    settings = {"model": args.model, "impl": args.impl, "ckpt": os.path.abspath(args.ckpt) if args.ckpt else None,
                 "num_iter": args.num_iter, "temperature": args.temperature, "seed": args.seed,
                 "dtype": args.dtype, "batch_size": batch}
     path = os.path.join(out, MANIFEST)
