@@ -1,4 +1,4 @@
-"""The reference against the official code (LTH14/mage) on the same weights.
+"""The reference and the fast module against the official code (LTH14/mage) on the same weights.
 
 Needs a checkout of the official repository: MAGE_OFFICIAL_REPO=/path/to/mage, with
 omegaconf, einops and scipy installed. Where timm or pytorch_lightning are missing, minimal
@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+import mage_fast
 from mage_fast.configs import MASK_ID, VQGANConfig
 from mage_fast.reference import MAGE, mage_vit_base_patch16
 
@@ -79,14 +80,14 @@ def official():
         torch.Tensor.cuda = saved_cuda
 
 
-@pytest.fixture(scope="module")
-def pair(official):
+@pytest.fixture(scope="module", params=[MAGE, mage_fast.MAGE], ids=["reference", "fast"])
+def pair(official, request):
     torch.manual_seed(0)
     theirs = official.MaskedGenerativeEncoderViT(
         **SIZES, mlp_ratio=4, norm_layer=partial(nn.LayerNorm, eps=1e-6), vqgan_ckpt_path=None).eval()
     with torch.no_grad():  # a spread-out codebook, so tokenization is a real test
         theirs.vqgan.quantize.embedding.weight.normal_()
-    ours = MAGE(**SIZES, vqgan=VQGANConfig()).eval()
+    ours = request.param(**SIZES, vqgan=VQGANConfig()).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     return theirs, ours
 

@@ -11,8 +11,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import load_checkpoint
 from ..data import ImageFolder
-from .batches import TrainOrder, TrainSamples, mask_ratio, seed_dropout
 from ..model import build_model
+from .batches import TrainOrder, TrainSamples, mask_ratio, seed_dropout
 from .optim import build_optimizer, freeze_unused, lr_at, scaled_lr
 from .progress import Progress
 from .state import LAST, epoch_path, keep_copy, restore, resume_path, save_checkpoint
