@@ -23,7 +23,7 @@ from .configs import CONFIGS, MAGE_B, MAGE_L, NUM_TOKENS, TINY_TEST, MAGEConfig
 from .ops import attention_qkv, decode_step, embed_and_drop, mask_sets, mlm_loss, restore, vq_nearest
 from .reference import model as reference
 from .reference.layers import Attention
-from .validation import check_images, check_noise
+from .validation import check_images, check_noise, values_checkable
 
 
 class FastAttention(Attention):
@@ -60,7 +60,7 @@ class MAGE(reference.MAGE):
         """Training loss, as the reference. Given mask_ratio (float) and noise ([B, 256] in
         [0, 1), no ties) it equals the official forward; otherwise both are drawn on the device
         (noise ties, vanishingly rare, go to the lower position instead of a redraw)."""
-        check_images(images, values=images.device.type == "cpu")  # a value check syncs on a GPU
+        check_images(images, values=values_checkable(images))
         gt = self._tokenize(images)
         batch, device = gt.shape[0], gt.device
         if mask_ratio is None:
@@ -72,7 +72,7 @@ class MAGE(reference.MAGE):
         if noise is None:
             noise = torch.rand(batch, NUM_TOKENS, device=device)
         else:
-            check_noise(noise, batch, values=noise.device.type == "cpu")
+            check_noise(noise, batch, values=values_checkable(noise))
             noise = noise.to(device)
         num_dropped = self.token_counts(self.mask_ratio_min)[0]
         keep, masked = mask_sets(noise, num_dropped, num_masked)

@@ -12,6 +12,12 @@ def describe(x) -> str:
     return f"{x.dtype} {list(x.shape)} on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
+def values_checkable(t: torch.Tensor) -> bool:
+    """Whether checking t's values is free: on CPU in eager mode. On a GPU it is a host sync,
+    which a training step avoids, and under torch.compile a data-dependent branch."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def check_images(images, values: bool = True):
     """values=False skips the range check, whose host sync a GPU training step avoids."""
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():

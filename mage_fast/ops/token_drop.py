@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..backends import register_op, triton_backend, uses_triton
 from ..configs import CODEBOOK_SIZE, FAKE_CLASS_ID, MASK_ID, NUM_TOKENS, SEQ_LEN, VOCAB_SIZE
-from ..validation import describe
+from ..validation import describe, values_checkable
 from .vq import FLOAT_TYPES
 
 register_op("token_drop")(triton_backend)
@@ -34,12 +34,6 @@ INDEX_TYPES = (torch.int32, torch.int64)
 
 
 # ---------------------------------------------------------------- input checks
-def _checks_values(t):
-    """Value checks (ids, keep_index, num_masked) run on CPU tensors in eager mode only: on CUDA
-    they would cost the host sync these ops exist to avoid, and they would break compiled graphs."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
 def _check_tensor(name, t, dtypes, shape, device=None):
     """t is a tensor of one of dtypes whose shape matches `shape` (None matches any size)."""
     if not isinstance(t, torch.Tensor) or t.dtype not in dtypes:
@@ -56,7 +50,7 @@ def _check_sets(keep_index, masked, batch, device):
     _check_tensor("keep_index", keep_index, INDEX_TYPES, (batch, None), device)
     if keep_index.shape[1] > SEQ_LEN:
         raise ValueError(f"keep_index holds at most {SEQ_LEN} slots, got {keep_index.shape[1]}")
-    if _checks_values(keep_index) and not (bool((keep_index[:, 0] == 0).all()) and bool((keep_index < SEQ_LEN).all())
+    if values_checkable(keep_index) and not (bool((keep_index[:, 0] == 0).all()) and bool((keep_index < SEQ_LEN).all())
                                            and bool((keep_index[:, 1:] > keep_index[:, :-1]).all())):
         raise ValueError(f"keep_index rows must be ascending slots in [0, {SEQ_LEN}) starting with slot 0")
 
@@ -67,7 +61,7 @@ def _check_counts(noise, num_dropped, num_masked):
         raise ValueError(f"num_dropped must be an int in [1, {NUM_TOKENS}], got {num_dropped!r}")
     if isinstance(num_masked, torch.Tensor):
         _check_tensor("num_masked", num_masked.reshape(-1), (torch.int64,), (1,), noise.device)
-        if not _checks_values(num_masked):
+        if not values_checkable(num_masked):
             return
         num_masked = int(num_masked)
     elif not isinstance(num_masked, int) or isinstance(num_masked, bool):
@@ -87,7 +81,7 @@ def _check_embed(ids, masked, keep_index, word, pos, weight, bias):
         _check_tensor(name, t, (word.dtype,), shape, device)
     _check_tensor("ids", ids, INDEX_TYPES, (None, NUM_TOKENS), device)
     _check_sets(keep_index, masked, ids.shape[0], device)
-    if _checks_values(ids) and not bool(((ids >= 0) & (ids < CODEBOOK_SIZE)).all()):
+    if values_checkable(ids) and not bool(((ids >= 0) & (ids < CODEBOOK_SIZE)).all()):
         raise ValueError(f"ids must be codebook ids in [0, {CODEBOOK_SIZE})")
 
 
