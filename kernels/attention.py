@@ -349,6 +349,10 @@ def _tuned(kernel, gpu_configs):
 # program x key step. Chosen so that at d = 64 the tiles a program keeps (q and its accumulator,
 # or k, v, dk, dv) stay in registers without spilling (ptxas, sm_90), dropout included.
 _fwd = _tuned(_attn_fwd, [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 2)])
+# Each config accumulates the softmax over keys in its own order, and autotuning picks one by
+# timing in each process: generation (no dropout) would then round differently across
+# processes and resumes. Without dropout the forward runs one fixed config instead.
+_fwd_fixed = _tuned(_attn_fwd, [(64, 64, 4, 2)])
 _dkdv = _tuned(_attn_bwd_dkdv, [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (64, 128, 8, 2)])
 _dq = _tuned(_attn_bwd_dq, [(64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2)])
 _PRE_BLOCK = 64
@@ -377,8 +381,9 @@ def attention_forward(q, k, v, out, lse, key_lengths, seed, dropout_p, scale):
     strides and a unit last stride; out: [B, H, N, d], any such strides."""
     B, H, N, _ = q.shape
     threshold = dropout_threshold(dropout_p)
-    _fwd[_grid(B * H, N, "BLOCK_M")](q, k, v, out, lse, key_lengths, seed, *q.stride()[:3], *out.stride()[:3], H, N,
-                                     scale * LOG2E, threshold, **_constexprs(q, key_lengths, threshold))
+    kernel = _fwd if threshold > 0 else _fwd_fixed
+    kernel[_grid(B * H, N, "BLOCK_M")](q, k, v, out, lse, key_lengths, seed, *q.stride()[:3], *out.stride()[:3], H, N,
+                                       scale * LOG2E, threshold, **_constexprs(q, key_lengths, threshold))
 
 
 def attention_backward(do, q, k, v, out, lse, dq, dk, dv, key_lengths, seed, dropout_p, scale):
@@ -439,8 +444,8 @@ def _empty_outputs(q, k, num_heads):
 
 def _empty_grads(q, k, q4, num_heads):
     """(grads as returned, [B, H, N, d] views of dq, dk, dv). Shared by the op and its fake."""
-    if k is None:
-        dqkv = torch.empty_like(q)
+    if k is None:  # contiguous, as the kernels index it, whatever the strides of qkv
+        dqkv = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         return [dqkv], _heads(dqkv, num_heads, 3)
     grads = [torch.empty_like(q4) for _ in range(3)]
     return grads, grads

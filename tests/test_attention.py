@@ -158,6 +158,24 @@ def test_qkv_entry_point_equals_4d(dtype, n, d, dropout_p):
     assert torch.equal(out, want[0]) and torch.equal(dqkv, want[1])
 
 
+def test_qkv_with_a_strided_last_dim():
+    """A qkv whose last dim is not contiguous is read through a copy; its gradient still comes
+    back right (in a contiguous tensor)."""
+    b, n, h, d = 2, 7, 2, 16
+    qkv = randn(b, 3 * h * d, n).transpose(1, 2)
+    assert qkv.stride(-1) != 1
+    do = randn(b, n, h * d, seed=1)
+    got = outputs_and_grads(lambda x: attention_qkv(x, h), [qkv], do)
+
+    def exact(x):
+        q, k, v = x.unflatten(-1, (3, h, d)).permute(2, 0, 3, 1, 4)
+        return attention_ref(q, k, v).transpose(1, 2).reshape(b, n, h * d)
+
+    want = outputs_and_grads(exact, [qkv.double()], do.double())
+    for name, g, e in zip(("out", "dqkv"), got, want):
+        check(g, e, None, f"{name} strided qkv")
+
+
 # ----------------------------------------------------------------------------- dropout
 
 def test_dropout_mask_statistics():
