@@ -87,8 +87,12 @@ def test_mlm_loss_against_the_materialised_reference():
         assert rel_err(got, want) < 1e-6
         for a, b in zip(torch.autograd.grad(got, (h, bias)), torch.autograd.grad(want, (h, bias))):
             assert rel_err(a, b) < 1e-5
-    with pytest.raises(ValueError, match="share D"):
-        mlm_loss(h, weight[:, :32], bias, targets)
+    for bad, match in ((dict(weight=weight[:, :32]), "share D"), (dict(targets=targets.float()), "integer"),
+                       (dict(targets=targets + 1024), r"\[0, 1024\)"), (dict(row_weights=rows[:10]), "row_weights"),
+                       (dict(smoothing=1.0), "smoothing")):
+        args = {**dict(h=h, weight=weight, bias=bias, targets=targets), **bad}
+        with pytest.raises(ValueError, match=match):
+            mlm_loss(**args)
 
 
 def test_drawn_mask_ratio_and_noise(pair, images):
@@ -192,3 +196,19 @@ def test_compile_and_bf16_autocast():
         loss = compiled(images, mask_ratio=0.7)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_mlm_loss_gradient_survives_fp16_loss_scaling():
+    """Under fp16 autocast with a loss scale (as GradScaler trains), the head gradient of many
+    rows stays accurate: scaled by 1/rows before the fp16 GEMM it would underflow to zero."""
+    g = torch.Generator().manual_seed(4)
+    rows, dim = 32768, 64
+    h = torch.randn(rows, dim, generator=g, requires_grad=True)
+    weight = torch.randn(1024, dim, generator=g) * dim ** -0.5
+    bias = torch.zeros(1024, requires_grad=True)
+    targets = torch.randint(0, 1024, (rows,), generator=g)
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = mlm_loss(h, weight, bias, targets)
+    grad, = torch.autograd.grad(loss * 65536.0, h)
+    exact, = torch.autograd.grad(mlm_loss_ref(h.double(), weight.double(), bias.double(), targets) * 65536.0, h)
+    assert rel_err(grad, exact) < 2e-3

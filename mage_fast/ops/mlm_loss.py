@@ -14,6 +14,7 @@ import torch
 
 from ..backends import register_op
 from ..reference.layers import label_smoothed_nll
+from ..validation import values_checkable
 
 CHUNK_ROWS = 8192  # 32 MB of fp32 logits at 1024 columns
 
@@ -43,7 +44,7 @@ class _MlmLoss(torch.autograd.Function):
         dtype = _compute_dtype(h)
         with torch.autocast(h.device.type, enabled=False):
             w = weight.detach().to(dtype)
-            grad_h = torch.empty_like(h)
+            grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
             grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=h.device)
             loss = torch.zeros((), dtype=torch.float32, device=h.device)
             for start in range(0, h.shape[0], CHUNK_ROWS):
@@ -54,20 +55,22 @@ class _MlmLoss(torch.autograd.Function):
                 per_row = -(1.0 - smoothing) * log_p.gather(-1, t).squeeze(-1) - smoothing * log_p.mean(-1)
                 scale = row_scale[rows]
                 loss += (per_row * scale).sum()
-                # d loss / d logits = (p - (1 - s) onehot - s / V) * scale
+                # d loss / d logits = (p - (1 - s) onehot - s / V) * scale. The GEMM takes it
+                # unscaled (entries up to 1): times scale (1 / rows) first, it would underflow in
+                # fp16 before a loss scaler's factor arrives in backward.
                 grad = log_p.exp_().sub_(smoothing / weight.shape[0])
                 grad.scatter_add_(-1, t, torch.full_like(t, -(1.0 - smoothing), dtype=grad.dtype))
-                grad.mul_(scale.unsqueeze(-1))
-                grad_h[rows] = (grad.to(dtype) @ w).to(h.dtype)
-                grad_bias += grad.sum(0)
+                grad_h[rows] = (grad.to(dtype) @ w).float().mul_(scale.unsqueeze(-1))
+                grad_bias += (grad * scale.unsqueeze(-1)).sum(0)
         ctx.save_for_backward(grad_h, grad_bias)
-        ctx.bias_dtype = bias.dtype
+        ctx.dtypes = h.dtype, bias.dtype
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_bias = ctx.saved_tensors
-        return grad_h * grad_loss, None, (grad_bias * grad_loss).to(ctx.bias_dtype), None, None, None
+        h_dtype, bias_dtype = ctx.dtypes
+        return (grad_h * grad_loss).to(h_dtype), None, (grad_bias * grad_loss).to(bias_dtype), None, None, None
 
 
 def mlm_loss(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
@@ -80,6 +83,17 @@ def mlm_loss(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets:
     if bias.shape != (weight.shape[0],) or targets.shape != (h.shape[0],):
         raise ValueError(f"bias must be [{weight.shape[0]}] and targets [{h.shape[0]}], got "
                          f"{list(bias.shape)} and {list(targets.shape)}")
+    if targets.is_floating_point() or targets.dtype == torch.bool:
+        raise ValueError(f"targets must be integer class ids, got {targets.dtype}")
+    if row_weights is not None and row_weights.shape != (h.shape[0],):
+        raise ValueError(f"row_weights must be [{h.shape[0]}], got {list(row_weights.shape)}")
+    if len({t.device for t in (h, weight, bias, targets) + ((row_weights,) if row_weights is not None else ())}) > 1:
+        raise ValueError("h, weight, bias, targets and row_weights must be on one device")
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    # An out-of-range target would be a device-side assert on a GPU: checked where it is free.
+    if values_checkable(targets) and not bool(((targets >= 0) & (targets < weight.shape[0])).all()):
+        raise ValueError(f"targets must be class ids in [0, {weight.shape[0]})")
     if row_weights is None:
         row_scale = torch.full((h.shape[0],), 1.0 / h.shape[0], device=h.device)
     else:
