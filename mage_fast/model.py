@@ -6,8 +6,8 @@ paths inside.
 - tokenize: the VQGAN encoder, then the fused distance + argmin kernel (ops.vq_nearest);
 - the training forward without a host sync: the mask ratio drawn on the device (or given), the
   drop/mask sets, the encoder input and the decoder restore as static-shape kernels
-  (ops.mask_sets / embed_and_drop / restore), and the MLM head + label-smoothed loss on the
-  masked rows only, in chunks (ops.mlm_loss);
+  (ops.mask_sets / embed_and_drop / restore), and the MLM head + label-smoothed loss in chunks
+  (ops.mlm_loss), on the masked rows only when their count is known on the host;
 - generation: the C++/CUDA decoding step (ops.decode_step).
 Where a kernel cannot run (no GPU, no Triton, no extension) each op falls back to PyTorch and
 says so in mage_fast.backend_report().
@@ -49,22 +49,30 @@ class MAGE(reference.MAGE):
 
     def _draw_num_masked(self, device) -> torch.Tensor:
         """ceil(256 * r), r ~ normal(mu, std) truncated to [min, max], drawn on the device."""
-        lo, hi = (0.5 * math.erfc(-(b - self.mask_ratio_mu) / (self.mask_ratio_std * math.sqrt(2)))
-                  for b in (self.mask_ratio_min, self.mask_ratio_max))
-        u = torch.rand((), dtype=torch.float64, device=device)
-        ratio = self.mask_ratio_mu + self.mask_ratio_std * torch.special.ndtri(lo + (hi - lo) * u)
-        num_dropped = math.ceil(NUM_TOKENS * self.mask_ratio_min)
-        return torch.ceil(NUM_TOKENS * ratio).clamp(num_dropped, NUM_TOKENS).long()
+        lo, hi = self.truncnorm_cdf_bounds()
+        u = lo + (hi - lo) * torch.rand((), dtype=torch.float64, device=device)
+        return self._num_masked(self.mask_ratio_mu + self.mask_ratio_std * torch.special.ndtri(u))
+
+    def _num_masked(self, ratio: torch.Tensor) -> torch.Tensor:
+        """ceil(256 * ratio) on the device, within [num_dropped, 256]."""
+        num_dropped = self.token_counts(self.mask_ratio_min)[0]
+        return torch.ceil(NUM_TOKENS * ratio.double()).clamp(num_dropped, NUM_TOKENS).long()
 
     def forward(self, images: torch.Tensor, mask_ratio=None, noise=None) -> torch.Tensor:
         """Training loss, as the reference. Given mask_ratio (float) and noise ([B, 256] in
         [0, 1), no ties) it equals the official forward; otherwise both are drawn on the device
-        (noise ties, vanishingly rare, go to the lower position instead of a redraw)."""
+        (noise ties, vanishingly rare, go to the lower position instead of a redraw). A
+        mask_ratio given as a 0-d tensor stays on the device: no shape depends on its value, so
+        torch.compile and CUDA graphs take every ratio without recompiling."""
         check_images(images, values=values_checkable(images))
         gt = self._tokenize(images)
         batch, device = gt.shape[0], gt.device
         if mask_ratio is None:
             num_masked = self._draw_num_masked(device)
+        elif isinstance(mask_ratio, torch.Tensor):
+            if values_checkable(mask_ratio) and not self.mask_ratio_min <= float(mask_ratio) <= 1.0:
+                raise ValueError(f"mask_ratio must be in [{self.mask_ratio_min}, 1], got {float(mask_ratio)}")
+            num_masked = self._num_masked(mask_ratio.to(device))
         elif self.mask_ratio_min <= mask_ratio <= 1.0:
             num_masked = self.token_counts(mask_ratio)[1]
         else:

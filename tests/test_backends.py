@@ -40,13 +40,18 @@ def test_report_names_every_op_and_a_reason():
 
 def test_fast_training_forward_compiles():
     """torch.compile traces the fast training forward (custom ops through their fake
-    implementations, no graph break) and gives the eager loss and gradients."""
+    implementations, no graph break) and gives the eager loss and gradients; a mask ratio given
+    as a tensor, as training passes it, changes every step without a recompile."""
     torch.manual_seed(0)
     model = mage_vit_tiny_test().eval()
     images, noise = torch.rand(2, 3, 256, 256), torch.rand(2, 256)
-    eager = model(images, mask_ratio=0.7, noise=noise)
-    grads = torch.autograd.grad(eager, model.decoder_pos_embed_learned)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    loss = compiled(images, mask_ratio=0.7, noise=noise)
-    torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(torch.autograd.grad(loss, model.decoder_pos_embed_learned), grads, rtol=1e-4, atol=1e-7)
+    for ratio in (0.7, 0.55, 0.9):
+        eager = model(images, mask_ratio=ratio, noise=noise)
+        grads = torch.autograd.grad(eager, model.decoder_pos_embed_learned)
+        loss = compiled(images, mask_ratio=torch.tensor(ratio, dtype=torch.float64), noise=noise)
+        torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.autograd.grad(loss, model.decoder_pos_embed_learned), grads,
+                                   rtol=1e-4, atol=1e-7)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        compiled(images, mask_ratio=torch.tensor(0.61, dtype=torch.float64), noise=noise)

@@ -154,10 +154,16 @@ class MAGE(nn.Module):
         return F.layer_norm(x[:, 1:].mean(dim=1), x.shape[-1:], eps=1e-6)
 
     # ---------------------------------------------------------------- training
+    def truncnorm_cdf_bounds(self):
+        """The normal(mu, std) CDF at [mask_ratio_min, mask_ratio_max]: drawing u uniformly in
+        between and inverting the CDF samples the truncated normal."""
+        def cdf(x):
+            return 0.5 * math.erfc(-(x - self.mask_ratio_mu) / (self.mask_ratio_std * math.sqrt(2.0)))
+        return cdf(self.mask_ratio_min), cdf(self.mask_ratio_max)
+
     def sample_mask_ratio(self, generator: Optional[torch.Generator] = None) -> float:
         """One draw from normal(mu, std) truncated to [mask_ratio_min, mask_ratio_max]."""
-        bounds = torch.tensor([self.mask_ratio_min, self.mask_ratio_max], dtype=torch.float64)
-        lo, hi = torch.special.ndtr((bounds - self.mask_ratio_mu) / self.mask_ratio_std)
+        lo, hi = self.truncnorm_cdf_bounds()
         u = lo + (hi - lo) * torch.rand((), dtype=torch.float64, generator=generator)
         return float(self.mask_ratio_mu + self.mask_ratio_std * torch.special.ndtri(u))
 

@@ -104,10 +104,12 @@ def train(args, ctx):
                 seed_dropout(args.seed, micro, ctx.rank)
                 # Gradients are all-reduced once per step, in the last micro-batch's backward.
                 with ddp.no_sync() if ddp and m < accum - 1 else contextlib.nullcontext():
+                    ratio = mask_ratio(model, args.seed, micro)
+                    if args.compile and args.impl == "fast":  # a float would be a new shape each step
+                        ratio = torch.tensor(ratio, dtype=torch.float64, device=ctx.device)
                     with torch.autocast(ctx.device.type, dtype=DTYPES[args.precision],
                                         enabled=args.precision != "fp32"):
-                        loss = net(images.to(ctx.device, non_blocking=True),
-                                   mask_ratio=mask_ratio(model, args.seed, micro),
+                        loss = net(images.to(ctx.device, non_blocking=True), mask_ratio=ratio,
                                    noise=noise.to(ctx.device, non_blocking=True))
                     scaler.scale(loss / accum).backward()
                 progress.add_loss(loss)
