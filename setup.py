@@ -13,8 +13,9 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 # Bit-identical CPU/CUDA decoding needs every float operation rounded on its own: no FMA
 # contraction on either side (see csrc/decode_math.h).
 CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
+# Binaries for A100 and H100/H200, and PTX for what comes after (the JIT keeps --fmad=false).
 NVCC_FLAGS = ["-O3", "--fmad=false", "-gencode=arch=compute_80,code=sm_80",
-              "-gencode=arch=compute_90,code=sm_90"]
+              "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90"]
 
 
 def _with_cuda():

@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_session.sh bench-kernels   # the per-kernel scripts
 #   bash benchmarks/gpu_session.sh bench-models    # training (batch 256) and sampling (T 20 and 12)
 set -uo pipefail
+status=0
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/mage-fast-gpu}
 mkdir -p "$OUT" benchmarks/results
@@ -24,20 +25,21 @@ build() {
 case "${1:-}" in
   test)
     build
-    $PY -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu-tests.log"
+    $PY -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu-tests.log" || status=1
     ;;
   bench-kernels)
     build
     for k in attention vq token_drop decode_step mlm_loss; do
-      (cd benchmarks && $PY "bench_$k.py") 2>&1 | tee "$OUT/bench-$k.log"
+      (cd benchmarks && $PY "bench_$k.py") 2>&1 | tee "$OUT/bench-$k.log" || status=1
     done
     ;;
   bench-models)
     build
-    $PY benchmarks/run_all.py --what train --batch 256 2>&1 | tee "$OUT/bench-train.log"
-    (cd benchmarks && $PY bench_sampler.py) 2>&1 | tee "$OUT/bench-sampler.log"
+    $PY benchmarks/run_all.py --what train --batch 256 2>&1 | tee "$OUT/bench-train.log" || status=1
+    (cd benchmarks && $PY bench_sampler.py) 2>&1 | tee "$OUT/bench-sampler.log" || status=1
     ;;
   *)
     echo "usage: $0 test|bench-kernels|bench-models"; exit 2 ;;
 esac
 tar czf "$OUT/results.tgz" -C benchmarks results
+exit $status

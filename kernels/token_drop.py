@@ -93,7 +93,8 @@ def embed_backward_kernel(dy_ptr, ids_ptr, masked_ptr, keep_ptr, word_ptr, pos_p
     # A persistent grid (a few programs per SM) walks the rows: the LayerNorm parameter
     # gradients and the two shared tokens (class, mask: up to 129 rows an image) are summed in
     # registers and added once per program; only the per-row targets (position, codebook id)
-    # are atomics, each address shared by ~B rows at most.
+    # are atomics: a position's row is shared by the B images, a codebook id's by every kept
+    # row that holds it (a frequent code: many more).
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < D
     w = tl.load(weight_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)

@@ -27,6 +27,3 @@ def roofline_for(device_name: str) -> Optional[Roofline]:
             return roof
     return None
 
-
-def fraction(achieved: float, peak: Optional[float]) -> Optional[float]:
-    return None if not peak else achieved / peak

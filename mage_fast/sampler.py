@@ -82,6 +82,12 @@ class Sampler:
             log.info("captured the sampling graph for batch %d", batch)
         return self._graphs[batch]
 
+    def clear_graphs(self):
+        """Drop the captured graphs and give their memory back."""
+        self._graphs.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     @torch.no_grad()
     def run(self, seeds: Union[Sequence[int], torch.Tensor]):
         """One image per seed -> (ids [B, 256] int64, images uint8 [B, 256, 256, 3])."""
@@ -129,8 +135,9 @@ def pixel_mask_to_tokens(mask: torch.Tensor, grid: int = 16) -> torch.Tensor:
 
 
 def max_batch(sampler: Sampler, limit: int = 4096, safety: float = 0.9) -> int:
-    """The largest batch (a multiple of 8) whose sampling graph fits on the GPU: extrapolate from
-    the measured peak memory of two small eager batches, then capture, backing off on OOM."""
+    """The largest batch whose sampling graph fits on the GPU (a multiple of 8 unless even 8 does
+    not fit): extrapolate from the measured peak memory of two small eager batches, capture, and
+    back off on out-of-memory. The graph of the returned batch stays captured."""
     if sampler.device.type != "cuda":
         raise ValueError("max_batch needs a CUDA device")
     peaks = []
@@ -143,14 +150,13 @@ def max_batch(sampler: Sampler, limit: int = 4096, safety: float = 0.9) -> int:
         peaks.append(torch.cuda.max_memory_allocated(sampler.device) - base)
     per_image = max((peaks[1] - peaks[0]) / 8, 1.0)
     free, _ = torch.cuda.mem_get_info(sampler.device)
-    batch = max(8, min(limit, int(free * safety / per_image)) // 8 * 8)
+    batch = min(limit, max(8, int(free * safety / per_image) // 8 * 8))
     while batch >= 1:
         try:
             sampler._graph(batch)
             log.info("maximum batch: %d (~%.1f MiB per image, %.1f GiB free)", batch, per_image / 2**20, free / 2**30)
             return batch
         except torch.OutOfMemoryError:
-            sampler._graphs.pop(batch, None)
-            torch.cuda.empty_cache()
+            sampler.clear_graphs()
             batch = batch * 9 // 10 // 8 * 8 if batch > 8 else batch // 2
     raise RuntimeError("not even one image fits on the GPU")

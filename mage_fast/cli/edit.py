@@ -6,12 +6,11 @@ unknown and decoded iteratively (the schedule counted over the unknown tokens); 
 tokens are kept. For outpainting, mask the border. --paste-original puts the input's pixels
 back outside the regenerated cells.
 """
-import os
-
 import numpy as np
 import torch
 from PIL import Image
 
+from ..files import atomic_write
 from .common import add_model_args, load_model
 
 
@@ -58,7 +57,6 @@ def run(args):
         cells = token_mask.view(16, 16).repeat_interleave(16, 0).repeat_interleave(16, 1)
         original = (pixels[0] * 255).round().to(torch.uint8).permute(1, 2, 0)
         out = torch.where(cells.unsqueeze(-1), out, original)
-    tmp = args.out + ".tmp"
-    Image.fromarray(out.numpy()).save(tmp, format="PNG")
-    os.replace(tmp, args.out)
+    with atomic_write(args.out) as f:
+        Image.fromarray(out.numpy()).save(f, format="PNG")
     print(f"regenerated {int(token_mask.sum())} of 256 tokens -> {args.out}")

@@ -6,6 +6,7 @@ duplicated. The run's settings are recorded in OUT/manifest.json; a resume must 
 (the batch size included, since a GPU's kernels may round differently at another batch size).
 Under torchrun the batches are shared among the ranks.
 """
+import argparse
 import json
 import os
 import time
@@ -16,6 +17,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..files import atomic_write
 from .common import add_model_args, load_model
 
 MANIFEST = "manifest.json"
@@ -31,7 +33,7 @@ def register(sub):
     p.add_argument("--temperature", type=float, default=4.5,
                    help="choice temperature of the confidence noise (default 4.5; the paper's FID used 6.0)")
     p.add_argument("--seed", type=int, default=0, help="run seed in [0, 2^31): image i uses (seed << 32) + i")
-    p.add_argument("--batch-size", default="auto",
+    p.add_argument("--batch-size", type=batch_size, default="auto",
                    help="images per batch, or 'auto' for the largest that fits the GPU (default; 4 on CPU)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="transformer and VQGAN precision (default: bf16 on CUDA, fp32 on CPU)")
@@ -43,6 +45,18 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+def batch_size(text):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text!r}")
+    return value
+
+
 def image_path(out, index):
     return os.path.join(out, f"{index:06d}.png")
 
@@ -52,74 +66,70 @@ def seed_of(run_seed, index):
 
 
 def write_png_atomic(path, pixels: np.ndarray):
-    tmp = path + ".tmp"
-    Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1)  # lossless; speed over size
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        Image.fromarray(pixels).save(f, format="PNG", compress_level=1)  # lossless; speed over size
 
 
-def write_manifest_or_check(args, out, batch):
-    """Record the settings that decide the images; a resume must agree with them."""
-    settings = {"model": args.model, "impl": args.impl, "ckpt": os.path.abspath(args.ckpt) if args.ckpt else None,
+def manifest(args, batch):
+    """The settings that decide the images."""
+    return {"model": args.model, "impl": args.impl, "ckpt": os.path.abspath(args.ckpt) if args.ckpt else None,
                 "num_iter": args.num_iter, "temperature": args.temperature, "seed": args.seed,
                 "dtype": args.dtype, "batch_size": batch}
-    path = os.path.join(out, MANIFEST)
-    if os.path.exists(path):
-        with open(path) as f:
-            before = json.load(f)
-        diff = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
-        if diff:
-            raise SystemExit(f"{out} holds a run with other settings {diff} (before, now): use another --out, "
-                             "or the same settings to resume")
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(settings, f, indent=2)
-    os.replace(tmp, path)
 
 
-def previous_batch_size(out):
+def previous_manifest(out):
     path = os.path.join(out, MANIFEST)
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)["batch_size"]
-    return None
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def write_npz(out, num_images):
     images = np.empty((num_images, 256, 256, 3), dtype=np.uint8)
     for i in range(num_images):
         images[i] = np.asarray(Image.open(image_path(out, i)).convert("RGB"))
-    tmp = out.rstrip("/") + ".tmp.npz"
-    np.savez(tmp, images)
-    os.replace(tmp, out.rstrip("/") + ".npz")
+    with atomic_write(out.rstrip("/") + ".npz") as f:
+        np.savez(f, images)
     return images.shape
 
 
 def run(args):
     from .. import distributed
     from ..sampler import Sampler, max_batch
-    if not 0 <= args.seed < 2**31:
-        raise SystemExit("--seed must be in [0, 2^31)")
-    if args.num_images < 1:
-        raise SystemExit("--num-images must be >= 1")
+    for ok, message in ((0 <= args.seed < 2**31, "--seed must be in [0, 2^31)"),
+                        (args.num_images >= 1, "--num-images must be >= 1"),
+                        (args.num_iter >= 1, "--num-iter must be >= 1"),
+                        (args.temperature >= 0, "--temperature must be >= 0")):
+        if not ok:
+            raise SystemExit(message)
     ctx = distributed.init(args.device)
     args.dtype = args.dtype or ("bf16" if ctx.device.type == "cuda" else "fp32")
     os.makedirs(args.out, exist_ok=True)
     for name in os.listdir(args.out):  # leftovers of writes a kill interrupted
-        if name.endswith(".tmp") and ctx.is_main:
+        if ".tmp" in name and ctx.is_main:
             os.remove(os.path.join(args.out, name))
     model = load_model(args, ctx.device)
     sampler = Sampler(model, args.num_iter, args.temperature, DTYPES[args.dtype],
                       cuda_graphs=not args.no_cuda_graphs)
 
-    batch = previous_batch_size(args.out) if args.batch_size == "auto" else int(args.batch_size)
-    if batch is None:
-        batch = max_batch(sampler) if ctx.device.type == "cuda" else 4
-    batch = ctx.min_int(batch)
-    if batch < 1:
-        raise SystemExit("--batch-size must be >= 1")
+    before = previous_manifest(args.out)
+    batch = args.batch_size
+    if batch == "auto":
+        batch = before["batch_size"] if before else max_batch(sampler) if ctx.device.type == "cuda" else 4
+    agreed = ctx.min_int(batch)
+    if agreed != batch:  # another rank holds less memory: free this rank's larger graph first
+        sampler.clear_graphs()
+    batch = agreed
+    now = manifest(args, batch)
+    if before and before != now:  # every rank checks, so none waits at a barrier for a failed one
+        diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
+        raise SystemExit(f"{args.out} holds a run with other settings {diff} (before, now): use another --out, "
+                         "or the same settings to resume")
     if ctx.is_main:
-        write_manifest_or_check(args, args.out, batch)
+        if not before:
+            with atomic_write(os.path.join(args.out, MANIFEST)) as f:
+                f.write(json.dumps(now, indent=2).encode())
         print(f"batch size {batch}, {args.num_images} images, {args.num_iter} steps, "
               f"temperature {args.temperature}, {args.dtype}, {ctx.world_size} process(es)")
     ctx.barrier()

@@ -20,7 +20,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..data import ImageFolder, shard
-from .store import FeatureSet, atomic_write, check_format, save_features
+from ..files import atomic_write
+from .store import FeatureSet, check_format, save_features
 
 log = logging.getLogger(__name__)
 

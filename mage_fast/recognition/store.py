@@ -1,6 +1,5 @@
 """Feature files: features with their labels, file names and class names, as `.npz` (numpy, no
 pickle) or `.pt` (torch, loaded with weights_only), chosen by the file's extension."""
-import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -8,6 +7,8 @@ from typing import List
 
 import numpy as np
 import torch
+
+from ..files import atomic_write
 
 FORMATS = (".npz", ".pt")
 
@@ -28,22 +29,6 @@ class FeatureSet:
 def check_format(path: str):
     if not path.endswith(FORMATS):
         raise ValueError(f"feature files end with {' or '.join(FORMATS)}, got {path}")
-
-
-@contextlib.contextmanager
-def atomic_write(path: str):
-    """A binary file handle whose content appears at `path` only once complete: a kill midway
-    leaves either the old file or nothing, never a truncated one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
 
 
 def save_features(path: str, fs: FeatureSet):

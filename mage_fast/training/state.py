@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from ..recognition.store import atomic_write
+from ..files import atomic_write
 from .batches import TrainOrder
 
 LAST = "checkpoint-last.pth"
