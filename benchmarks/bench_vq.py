@@ -30,6 +30,7 @@ def main():
             "torch.cdist+argmin": lambda: torch.cdist(z, codebook).argmin(1),
             "mage_fast vq_nearest": lambda: vq_nearest(z, codebook),
             "mage_fast vq_nearest (+vectors)": lambda: vq_nearest(z, codebook, return_vectors=True)[0],
+            "mage_fast vq_nearest tf32x3": lambda: vq_nearest(z, codebook, precision="tf32x3"),
         }
         base = None
         for name, fn in impls.items():

@@ -17,6 +17,11 @@ over C are reduced in a different order than torch's BLAS, so two codes whose di
 by less than fp32 round-off (a few ulp of |z|^2 + |e|^2) can resolve differently; exactly equal
 distances go to the lowest index, as torch.argmin does. NaN inputs are not checked (a host
 sync): torch.argmin returns a NaN's index, here a NaN distance never wins.
+
+PRECISION="tf32x3" (opt-in) runs z.e on the tensor cores as three TF32 products of split
+operands (hi*hi + hi*lo + lo*hi, each operand's 24 bits carried as 11 + 11): about 2^-21 relative
+error per product against fp32's 2^-24, so only near-ties a few ulp wider than the fp32 ones
+move, at tensor-core rather than FMA throughput. The norms stay on the FMA units in fp32.
 """
 import triton
 import triton.language as tl
@@ -31,7 +36,7 @@ def vq_nearest_kernel(z_ptr, codebook_ptr, ids_ptr, vectors_ptr,
                       stride_ek, stride_ec,
                       stride_qb, stride_qs, stride_qc,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
-                      WRITE_VECTORS: tl.constexpr):
+                      WRITE_VECTORS: tl.constexpr, PRECISION: tl.constexpr):
     # Row n of z is (image n // S, position n % S): [N, C] (S = N) and the tokenizer's
     # [B, C, H, W] (S = H*W) are read in place, with no permute copy.
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -58,7 +63,7 @@ def vq_nearest_kernel(z_ptr, codebook_ptr, ids_ptr, vectors_ptr,
                         mask=row_ok[:, None] & chan_ok[None, :], other=0.0).to(tl.float32)
             e = tl.load(codebook_ptr + codes[None, :] * stride_ek + (c0 + chans)[:, None] * stride_ec,
                         mask=code_ok[None, :] & chan_ok[:, None], other=0.0).to(tl.float32)
-            dot = tl.dot(z, e, dot, input_precision="ieee")
+            dot = tl.dot(z, e, dot, input_precision=PRECISION)
             e_norm += tl.sum(e * e, axis=0)
         dist = (z_norm[:, None] + e_norm[None, :]) - 2.0 * dot
         dist = tl.where(code_ok[None, :], dist, float("inf"))
@@ -76,27 +81,35 @@ def vq_nearest_kernel(z_ptr, codebook_ptr, ids_ptr, vectors_ptr,
             tl.store(q_rows[:, None] + (c0 + chans)[None, :] * stride_qc, v, mask=mask)
 
 
-def _configs():
+def _configs(tiles):
     if interpreting():  # one config (the interpreter cannot autotune), large tiles: fewer Python steps
         return [triton.Config({"BLOCK_N": 128, "BLOCK_K": 256, "BLOCK_C": 128})]
-    # An fp32 "ieee" dot runs on the FMA units, each thread holding its accumulator block
-    # (32-64 values) plus both operand fragments of a whole BLOCK_C slice in registers, so
-    # BLOCK_C stays at 16, the least tl.dot takes in triton 3.6 (the GPU machine's): ptxas -v
-    # (sm_90, triton 3.6) reports no register spills, or a few bytes, for these configs.
     return [triton.Config({"BLOCK_N": n, "BLOCK_K": k, "BLOCK_C": c}, num_warps=w, num_stages=s)
-            for n, k, c, w, s in [(128, 128, 16, 8, 3), (128, 128, 16, 8, 2), (64, 128, 16, 8, 3),
-                                  (64, 128, 16, 4, 3), (64, 64, 16, 4, 2), (128, 128, 32, 8, 2)]]
+            for n, k, c, w, s in tiles]
 
 
-_vq_nearest_tuned = triton.autotune(configs=_configs(), key=["K", "C"])(vq_nearest_kernel)
+# An fp32 "ieee" dot runs on the FMA units, each thread holding its accumulator block (32-64
+# values) plus both operand fragments of a whole BLOCK_C slice in registers, so BLOCK_C stays at
+# 16, the least tl.dot takes in triton 3.6 (the GPU machine's): ptxas -v (sm_90, triton 3.6)
+# reports no register spills, or a few bytes, for these configs.
+_IEEE_TILES = [(128, 128, 16, 8, 3), (128, 128, 16, 8, 2), (64, 128, 16, 8, 3), (64, 128, 16, 4, 3),
+               (64, 64, 16, 4, 2), (128, 128, 32, 8, 2)]
+# Tensor-core tiles: the split operands (hi and lo of z and e, in the MMA layouts) take the
+# registers, so BLOCK_C stays small here too; ptxas (sm_90, triton 3.6) reports no spills, or a
+# few bytes, for these configs, and hundreds to thousands of bytes for BLOCK_C 64 or 256 rows.
+_TF32X3_TILES = [(128, 128, 16, 8, 2), (128, 128, 16, 8, 3), (128, 64, 16, 8, 4), (128, 64, 32, 8, 3),
+                 (64, 64, 16, 4, 3)]
+vq_nearest_ieee = triton.autotune(configs=_configs(_IEEE_TILES), key=["K", "C"])(vq_nearest_kernel)
+vq_nearest_tf32x3 = triton.autotune(configs=_configs(_TF32X3_TILES), key=["K", "C"])(vq_nearest_kernel)
+_TUNED = {"ieee": vq_nearest_ieee, "tf32x3": vq_nearest_tf32x3}
 
 
-def vq_nearest_forward(z, codebook, ids, vectors=None):
+def vq_nearest_forward(z, codebook, ids, vectors=None, precision="ieee"):
     """z [B, S, C] (any strides), codebook [K, C] -> writes ids [B*S] int64 and, if given,
-    vectors [B, S, C] (any strides) = codebook[ids]."""
+    vectors [B, S, C] (any strides) = codebook[ids]. precision: "ieee" or "tf32x3"."""
     n, (k, c) = z.shape[0] * z.shape[1], codebook.shape
     q = z if vectors is None else vectors  # a placeholder pointer when WRITE_VECTORS is off
-    _vq_nearest_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+    _TUNED[precision][lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
         z, codebook, ids, q, n, k, c, z.shape[1],
         z.stride(0), z.stride(1), z.stride(2), codebook.stride(0), codebook.stride(1),
-        q.stride(0), q.stride(1), q.stride(2), WRITE_VECTORS=vectors is not None)
+        q.stride(0), q.stride(1), q.stride(2), WRITE_VECTORS=vectors is not None, PRECISION=precision)

@@ -1,5 +1,6 @@
 """The decoding-step op (csrc/decode_step.*) against its definition, the reference
 decoding_step: bit-identical ids, with given noise and with internal Philox."""
+import importlib
 import math
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from mage_fast.ops import decode_step, decode_step_with_noise
 from mage_fast.ops.decode_step import backend
 from mage_fast.reference import decoding_step, schedule
 
+decode_step_module = importlib.import_module("mage_fast.ops.decode_step")  # the name `decode_step` is the function
 pytestmark = pytest.mark.skipif(backend("cpu")[0] != "c++", reason="mage_fast._C is not built")
 OP = torch.ops.mage_fast
 
@@ -131,9 +133,25 @@ def _args(**change):
     (dict(choice_temperature=float("nan")), ValueError, "choice_temperature"),
     (dict(num_initial_unknown=torch.tensor([256])), ValueError, "num_initial_unknown"),
 ])
-def test_bad_input_raises_a_clear_error(change, error, match):
+@pytest.mark.parametrize("path", ["op", "pytorch"])
+def test_bad_input_raises_a_clear_error(change, error, match, path, monkeypatch):
+    """From the op, and from the PyTorch path that stands in for it where it is not built."""
+    if path == "pytorch":
+        monkeypatch.setattr(decode_step_module, "backend", lambda device_type: ("pytorch", "forced by the test"))
     with pytest.raises(error, match=match):
-        OP.decode_step(**_args(**change))
+        (OP.decode_step if path == "op" else decode_step)(**_args(**change))
+
+
+def test_pytorch_path_checks_given_noise():
+    logits, ids, _, u1, u2 = random_case(2, 256, 1024, torch.float32, 0.5, seed=5)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(decode_step_module, "backend", lambda device_type: ("pytorch", "forced by the test"))
+        with pytest.raises(TypeError, match="u_sample must be torch.float32"):
+            decode_step_with_noise(logits, ids, u1.double(), u2, 0, 12, 4.5)
+        with pytest.raises(ValueError, match="u_gumbel must have shape"):
+            decode_step_with_noise(logits, ids, u1, u2[:1], 0, 12, 4.5)
+        assert torch.equal(decode_step_with_noise(logits, ids, u1, u2, 0, 12, 4.5)[0],
+                           OP.decode_step_with_noise(logits, ids, u1, u2, 0, 12, 4.5, None, MASK_ID)[0])
 
 
 def test_opcheck_and_compile():

@@ -118,7 +118,7 @@ def test_pytorch_fallback_without_the_interpreter(monkeypatch):
 def test_custom_op_registration():
     """Schema, fake (meta) implementation and tracing, as torch.compile and CUDA graphs use it."""
     z, codebook = far_from_ties(40, 100, 32, torch.float32, seed=15, device=KERNEL_DEVICE)
-    torch.library.opcheck(torch.ops.mage_fast.vq_nearest.default, (z, codebook, True))
+    torch.library.opcheck(torch.ops.mage_fast.vq_nearest.default, (z, codebook, True, "ieee"))
     compiled = torch.compile(lambda a, b: vq_nearest(a, b, return_vectors=True), backend="aot_eager", fullgraph=True)
     ids, vectors = compiled(z, codebook)
     assert torch.equal(ids, vq_nearest_ref(z, codebook)) and torch.equal(vectors, codebook[ids])
@@ -137,6 +137,41 @@ def test_custom_op_registration():
 def test_input_validation(z, codebook, match):
     with pytest.raises(ValueError, match=match):
         vq_nearest(z, codebook)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        vq_nearest(torch.randn(4, 8), torch.randn(16, 8), precision="tf32")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tf32x3_ids_equal_the_reference(device):
+    """The tensor-core emulation of fp32 resolves every row that is clear of fp32 near-ties
+    like the official fp32 computation (on CPU the interpreter's dot is plain fp32: this checks
+    the plumbing; the split products run on a GPU)."""
+    n = 65536 if device == "cuda" else 300
+    z, codebook = far_from_ties(n, 1024, 256, torch.float32, seed=17, device=device)
+    with poisoned_allocations():
+        ids, vectors = vq_nearest(z, codebook, return_vectors=True, precision="tf32x3")
+    ref = vq_nearest_ref(z, codebook)
+    assert torch.equal(ids, ref) and torch.equal(vectors, codebook[ref])
+
+
+@pytest.mark.gpu
+def test_tf32x3_is_not_plain_tf32():
+    """On a GPU, single TF32 (10-bit mantissa) products move many random rows to another code;
+    tf32x3 must agree with fp32 on all but near-ties, as the ieee kernel does."""
+    g = torch.Generator().manual_seed(18)
+    z, codebook = (torch.randn(s, 256, generator=g).cuda() for s in (65536, 1024))
+    ref = vq_nearest_ref(z, codebook)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        tf32 = (z.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * z @ codebook.t()).argmin(1)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    disagree = {name: (ids != ref).float().mean().item() for name, ids in
+                [("tf32", tf32), ("ieee", vq_nearest(z, codebook)), ("tf32x3", vq_nearest(z, codebook, precision="tf32x3"))]}
+    assert disagree["tf32x3"] <= 2 * disagree["ieee"] + 1e-4 < disagree["tf32"], disagree
 
 
 @pytest.mark.gpu
@@ -160,12 +195,16 @@ def test_no_host_sync_and_graph_capture_on_gpu():
     assert torch.equal(ids, expected)
 
 
-def test_compiles_for_sm80_and_sm90():
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+def test_every_autotune_config_compiles_for_sm80_and_sm90(precision):
+    """Each config the autotuner tries on a GPU compiles and fits an A100's and an H100's
+    shared memory."""
     sig = {"z_ptr": "*fp32", "codebook_ptr": "*bf16", "ids_ptr": "*i64", "vectors_ptr": "*bf16",
            **{name: "i32" for name in ("N", "K", "C", "S", "stride_zb", "stride_zs", "stride_zc", "stride_ek",
-                                       "stride_ec", "stride_qb", "stride_qs", "stride_qc")}}
-    consts = {"BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_C": 16, "WRITE_VECTORS": True}
-    compile_for_gpus("mage_fast.kernels.vq", "vq_nearest_kernel", {**sig, **dict.fromkeys(consts, "constexpr")}, consts)
+                                       "stride_ec", "stride_qb", "stride_qs", "stride_qc")},
+           "WRITE_VECTORS": "constexpr", "PRECISION": "constexpr"}
+    compile_for_gpus("mage_fast.kernels.vq", f"vq_nearest_{precision}", sig,
+                     {"WRITE_VECTORS": True, "PRECISION": precision})
 
 
 def test_benchmark_smoke_run():

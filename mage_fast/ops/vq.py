@@ -10,12 +10,17 @@ from ..reference.vqgan import nearest_code
 from ..validation import describe
 
 FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
+# How the Triton kernel forms z.e: "ieee", true fp32 on the FMA units (the default, what the
+# official code computes); "tf32x3", fp32 emulated on the tensor cores (see kernels/vq.py).
+PRECISIONS = ("ieee", "tf32x3")
 
 
 register_op("vq_nearest")(triton_backend)
 
 
-def _check(z, codebook):
+def _check(z, codebook, precision):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     for name, t in (("z", z), ("codebook", codebook)):
         if not isinstance(t, torch.Tensor) or t.dtype not in FLOAT_TYPES:
             raise ValueError(f"{name} must be a float32, float16 or bfloat16 tensor, got {describe(t)}")
@@ -48,26 +53,28 @@ def vq_nearest_ref(z, codebook, return_vectors=False):
 
 
 @torch.library.custom_op("mage_fast::vq_nearest", mutates_args=())
-def _vq_nearest_op(z: torch.Tensor, codebook: torch.Tensor, return_vectors: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def _vq_nearest_op(z: torch.Tensor, codebook: torch.Tensor, return_vectors: bool,
+                   precision: str) -> Tuple[torch.Tensor, torch.Tensor]:
     from mage_fast.kernels.vq import vq_nearest_forward
     ids = torch.empty(_ids_shape(z), dtype=torch.int64, device=z.device)
     vectors = torch.empty(z.shape if return_vectors else (0,), dtype=codebook.dtype, device=z.device)
-    vq_nearest_forward(_rows(z), codebook, ids, _rows(vectors) if return_vectors else None)
+    vq_nearest_forward(_rows(z), codebook, ids, _rows(vectors) if return_vectors else None, precision)
     return ids, vectors
 
 
 @_vq_nearest_op.register_fake
-def _(z, codebook, return_vectors):
+def _(z, codebook, return_vectors, precision):
     return (z.new_empty(_ids_shape(z), dtype=torch.int64),
             z.new_empty(z.shape if return_vectors else (0,), dtype=codebook.dtype))
 
 
-def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, return_vectors: bool = False):
+def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, return_vectors: bool = False, precision: str = "ieee"):
     """Nearest codebook row of each vector: z [N, C] -> ids [N], or the tokenizer's z
     [B, C, H, W] -> ids [B, H*W] (token h*W + w); int64. With return_vectors also the quantized
-    vectors codebook[ids] in z's layout and the codebook's dtype. Not differentiable."""
-    _check(z, codebook)
+    vectors codebook[ids] in z's layout and the codebook's dtype. Not differentiable.
+    precision (one of PRECISIONS) picks the kernel's product; the PyTorch path is always fp32."""
+    _check(z, codebook, precision)
     if not uses_triton(z.device, z.dtype):
         return vq_nearest_ref(z, codebook, return_vectors)
-    ids, vectors = _vq_nearest_op(z, codebook, return_vectors)
+    ids, vectors = _vq_nearest_op(z, codebook, return_vectors, precision)
     return (ids, vectors) if return_vectors else ids
