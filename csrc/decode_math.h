@@ -57,20 +57,19 @@ MF_HD float philox_uniform(int64_t seed, uint32_t step, uint32_t position, uint3
 }
 
 // ---------------------------------------------------------------- exp, log
-MF_HD float exact_exp(float x) {  // for x <= 0
+MF_HD float exact_exp(float x) {  // for x <= 0: 2^y, y = x log2(e) (decoding.py exact_exp)
   if (x < kExpUnderflow) return 0.0f;
-  // Adding 1.5 * 2^23 rounds x*log2(e) to an integer, half to even: the same k as rintf, on
-  // the full-rate float pipe, and the integer sits in t's low mantissa bits for 2^k.
-  const float t = x * kLog2e + 0x1.8p23f;
+  const float y = x * kLog2e;
+  // Adding 1.5 * 2^23 rounds y to an integer, half to even: the same k as rintf, on the
+  // full-rate float pipe, and the integer sits in t's low mantissa bits for 2^k.
+  const float t = y + 0x1.8p23f;
   const float k = t - 0x1.8p23f;
-  const float r = (x - k * kLn2Hi) - k * kLn2Lo;
-  float p = 0x1.a01a02p-13f;          // Taylor 1/n!, n = 7..0 (Horner)
-  p = p * r + 0x1.6c16c2p-10f;
-  p = p * r + 0x1.111112p-7f;
-  p = p * r + 0x1.555556p-5f;
-  p = p * r + 0x1.555556p-3f;
-  p = p * r + 0x1p-1f;
-  p = p * r + 0x1p+0f;
+  const float r = y - k;              // exact: |r| <= 1/2
+  float p = 0x1.5bba14p-10f;          // 2^r, EXP2_COEFFS n = 5..0 (Horner)
+  p = p * r + 0x1.3cea88p-7f;
+  p = p * r + 0x1.c6b752p-5f;
+  p = p * r + 0x1.ebf9bcp-3f;
+  p = p * r + 0x1.62e42ap-1f;
   p = p * r + 0x1p+0f;
   return p * bits_to_float((float_to_bits(t) - 0x4B400000u + 127u) << 23);
 }
