@@ -56,7 +56,10 @@ def implementations(smoke):
     impls = {"ours": unpacked(attention), "ours-qkv": ours_qkv}
     impls.update({f"sdpa-{b.name.lower()}": unpacked(sdpa(b)) for b in (
         SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)})
-    # Compiling FlexAttention on CPU takes minutes: the smoke run uses it eagerly.
+    # Compiling FlexAttention on CPU takes minutes: the smoke run uses it eagerly. On a GPU it is
+    # compiled once per shape and mode (12 here): past dynamo's default limit of 8 recompiles it
+    # would silently run eagerly, so the limit is raised.
+    torch._dynamo.config.recompile_limit = 64
     impls["flex"] = unpacked(flex_attention if smoke else torch.compile(flex_attention, dynamic=False))
     try:
         import xformers.ops as xops

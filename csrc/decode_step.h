@@ -1,5 +1,5 @@
 // One MAGE decoding step over raw pointers: the parameters both implementations take.
-// Torch-free, so decode_step.cu needs only CUDA headers.
+// Torch-free, so decode_step_kernel.cu needs only CUDA headers.
 #pragma once
 
 #include "decode_math.h"

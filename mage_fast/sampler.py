@@ -137,7 +137,8 @@ def pixel_mask_to_tokens(mask: torch.Tensor, grid: int = 16) -> torch.Tensor:
 def max_batch(sampler: Sampler, limit: int = 4096, safety: float = 0.9) -> int:
     """The largest batch whose sampling graph fits on the GPU (a multiple of 8 unless even 8 does
     not fit): extrapolate from the measured peak memory of two small eager batches, capture, and
-    back off on out-of-memory. The graph of the returned batch stays captured."""
+    back off on out-of-memory. The graph of the returned batch stays captured if the sampler
+    replays graphs."""
     if sampler.device.type != "cuda":
         raise ValueError("max_batch needs a CUDA device")
     peaks = []
@@ -154,6 +155,8 @@ def max_batch(sampler: Sampler, limit: int = 4096, safety: float = 0.9) -> int:
     while batch >= 1:
         try:
             sampler._graph(batch)
+            if not sampler.use_graphs:  # the trial capture only sized the batch: an eager run needs that memory
+                sampler.clear_graphs()
             log.info("maximum batch: %d (~%.1f MiB per image, %.1f GiB free)", batch, per_image / 2**20, free / 2**30)
             return batch
         except torch.OutOfMemoryError:

@@ -19,24 +19,25 @@ def nvml_snapshot() -> dict:
         gpus = []
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            gpu = {
-                "index": i,
-                "name": _str(pynvml.nvmlDeviceGetName(h)),
-                "memory_total_gib": round(mem.total / 2**30, 2),
-                "memory_used_gib": round(mem.used / 2**30, 2),
-                "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
-                "mem_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM),
-                "sm_clock_max_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
-            }
-            for key, query in (("power_w", lambda: pynvml.nvmlDeviceGetPowerUsage(h) / 1000),
-                               ("temperature_c", lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU))):
+            gpu = {"index": i}
+            # Each query on its own: MIG slices and virtual GPUs answer some with NotSupported.
+            for key, query in (
+                    ("name", lambda: _str(pynvml.nvmlDeviceGetName(h))),
+                    ("memory_total_gib", lambda: round(pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**30, 2)),
+                    ("memory_used_gib", lambda: round(pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**30, 2)),
+                    ("sm_clock_mhz", lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
+                    ("mem_clock_mhz", lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)),
+                    ("sm_clock_max_mhz", lambda: pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)),
+                    ("power_w", lambda: pynvml.nvmlDeviceGetPowerUsage(h) / 1000),
+                    ("temperature_c", lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU))):
                 try:
                     gpu[key] = query()
                 except pynvml.NVMLError as e:
                     gpu[key] = f"n/a ({e})"
             gpus.append(gpu)
         return {"driver": _str(pynvml.nvmlSystemGetDriverVersion()), "gpus": gpus}
+    except pynvml.NVMLError as e:
+        return {"error": f"NVML query failed: {e}"}
     finally:
         pynvml.nvmlShutdown()
 

@@ -263,8 +263,8 @@ def test_pytorch_path_matches_reference(pytorch_path, dtype):
 
 def test_pytorch_path_dropout_moments(pytorch_path):
     torch.manual_seed(0)  # the PyTorch path draws its mask from torch's generator
-    assert_dropout_moments(lambda *x, dropout_p: attention(*(t.cpu() for t in x), dropout_p=dropout_p), 0.1, 0.1,
-                           slabs=4096)
+    assert_dropout_moments(lambda *x, dropout_p: attention(*(t.cpu() for t in x), dropout_p=dropout_p).to(x[0].device),
+                           0.1, 0.1, slabs=4096)
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's bf16 rule")

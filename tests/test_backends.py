@@ -3,9 +3,11 @@ paths, and says so: in the log and in backend_report()."""
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from mage_fast import backend_report, mage_vit_tiny_test
+from mage_fast.backends import extension_info
 
 WITHOUT = """
 import sys, logging
@@ -55,3 +57,13 @@ def test_fast_training_forward_compiles():
                                    rtol=1e-4, atol=1e-7)
     with torch.compiler.set_stance("fail_on_recompile"):
         compiled(images, mask_ratio=torch.tensor(0.61, dtype=torch.float64), noise=noise)
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_every_op_runs_its_fast_implementation():
+    """A broken CUDA build, or a Triton that does not import, would otherwise show on a GPU
+    machine only as skipped tests and slow fallbacks."""
+    assert extension_info()["cuda"], extension_info()
+    implementations = {op: r["implementation"] for op, r in backend_report("cuda").items()}
+    assert implementations == {"attention": "triton", "token_drop": "triton", "vq_nearest": "triton",
+                               "decode_step": "cuda", "mlm_loss": "pytorch"}, implementations

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mage_fast.bench.report import describe, table
-from mage_fast.bench.workloads import Result
+from mage_fast.bench.workloads import Result, _largest_batch_that_fits
 from mage_fast.cli import main
 from mage_fast.roofline import roofline_for
 from mage_fast.telemetry import nvml_snapshot
@@ -93,3 +93,18 @@ def test_train_benchmark_script_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(next(tmp_path.glob("*-train-mage_vit_tiny_test.json")).read_text())["sections"]
     assert {r["implementation"] for r in next(iter(rows.values()))} == {"reference fp32", "fast fp32"}
+
+
+def test_a_case_out_of_memory_runs_at_a_smaller_batch(caplog):
+    """One case that does not fit (the reference at batch 256) must not lose the whole run."""
+    tried = []
+
+    def run(batch):
+        tried.append(batch)
+        if batch > 64:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return batch
+    assert _largest_batch_that_fits("reference fp16", 256, run) == 64 and tried == [256, 128, 64]
+    assert "reference fp16: out of memory at batch 256, running it at 128" in caplog.text
+    with pytest.raises(torch.OutOfMemoryError):  # not even one image fits
+        _largest_batch_that_fits("too big", 8, lambda batch: run(batch * 1000))

@@ -168,7 +168,7 @@ def test_opcheck_and_compile():
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_cuda_sources_compile(arch, tmp_path):
     """The .cu files include no torch header, so nvcc compiles them without CUDA torch."""
-    cmd = ["nvcc", "-std=c++17", "-O3", "--fmad=false", f"-arch={arch}", "-c", "csrc/decode_step.cu",
+    cmd = ["nvcc", "-std=c++17", "-O3", "--fmad=false", f"-arch={arch}", "-c", "csrc/decode_step_kernel.cu",
            "-o", str(tmp_path / "decode_step.o")]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=__file__.rsplit("/tests/", 1)[0])
     assert proc.returncode == 0, proc.stderr

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from mage_fast.configs import MASK_ID
+from helpers import rel_err
+from mage_fast.configs import MAGE_B, MASK_ID
+from mage_fast.reference.vqgan import VQGAN
 from mage_fast.sampler import Sampler, pixel_mask_to_tokens
 
 
@@ -175,3 +177,20 @@ def test_edit_command_inpaints_under_the_mask(tmp_path):
         Image.fromarray(mask[:200]).save(tmp_path / "small.png")
         main(["edit", "--model", "mage_vit_tiny_test", "--image", str(tmp_path / "in.png"), "--mask",
               str(tmp_path / "small.png"), "--out", str(out), "--device", "cpu"])
+
+
+@pytest.mark.gpu
+def test_vqgan_decode_at_a_large_batch_matches_a_small_one():
+    """At the batches max_batch picks (hundreds), the full-resolution activations of MAGE-B's
+    decoder pass 2^31 elements: a 32-bit indexing bug in a kernel would give wrong pixels there
+    only, silently. The sampler's decode (bf16, channels_last) of the last images of a batch of
+    320 must match that of those images alone."""
+    torch.manual_seed(0)
+    vqgan = VQGAN(MAGE_B.vqgan).cuda().eval()
+    ids = torch.randint(0, MAGE_B.vqgan.codebook_size, (320, 256), device="cuda")
+    z = vqgan.quantize.lookup(ids).contiguous(memory_format=torch.channels_last)
+    assert z.shape[0] * 128 * 256 * 256 > 2**31  # the decoder's widest full-resolution activation
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        big = vqgan.decoder(z)[-4:].float()
+        small = vqgan.decoder(z[-4:]).float()
+    assert small.abs().mean() > 0 and rel_err(big, small) < 3e-2

@@ -47,9 +47,11 @@ def inputs(batch, dim, dtype, num_masked, seed, device="cpu"):
     return ids, masked, keep_index, embedding_params(dim, dtype, seed, device)
 
 
-def grads(out, params, seed):
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.device, out.dtype)
-    return torch.autograd.grad(out, params, g)
+def grads(out, params, seed, dtype=None):
+    """Gradients for a random upstream gradient, representable in `dtype` (default out's), so
+    that runs at several precisions see the same one."""
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(dtype or out.dtype)
+    return torch.autograd.grad(out, params, g.to(out.device, out.dtype))
 
 
 def assert_embed_matches(ids, masked, keep_index, params):
@@ -71,7 +73,8 @@ def assert_embed_error_bounded(ids, masked, keep_index, params, atol):
             (embed_and_drop_ref(ids, masked, keep_index, *exact_params), exact_params)]
     assert runs[0][0].dtype == params[0].dtype
     assert_error_bounded(*(out for out, _ in runs), atol=atol, what="encoder input")
-    for name, (g, same, exact) in zip(("word", "pos", "weight", "bias"), zip(*(grads(o, p, 2) for o, p in runs))):
+    all_grads = zip(*(grads(o, p, 2, params[0].dtype) for o, p in runs))
+    for name, (g, same, exact) in zip(("word", "pos", "weight", "bias"), all_grads):
         assert_error_bounded(g, same, exact, atol=atol, what=f"gradient of {name}")
 
 

@@ -1,6 +1,7 @@
 """The whole-model workloads `mage-fast bench` times side by side in one run: a training step
 (tokenizer, forward, backward, AdamW) and image generation (T steps and the VQGAN decode)."""
 import gc
+import logging
 import statistics
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -15,6 +16,7 @@ from .baselines import official_generate
 from .flops import sample_flops_per_image, train_flops_per_image
 from .measure import time_ms
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class Result:
@@ -23,7 +25,7 @@ class Result:
     batch: int
     ms: List[float] = field(default_factory=list)   # per step, one per repeat
     flops_per_image: float = 0.0
-    peak_memory_gib: float = float("nan")
+    peak_memory_gib: float = float("nan")          # reserved by the allocator for the whole case, graph pools included
     baseline: Optional[str] = None                  # the implementation its speed-up is taken over
 
     @property
@@ -51,11 +53,10 @@ class Result:
 
 
 def _measure(workload, impl, batch, fn, flops_per_image, device, warmup, repeats, baseline=None) -> Result:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+    """Times fn; the peak memory is the allocator's reserved peak since the case began
+    (_fresh), so a CUDA graph's pool, captured before timing, counts like eager activations."""
     ms = time_ms(fn, device, warmup, repeats)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    peak = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else float("nan")
     return Result(workload, impl, batch, ms, flops_per_image, peak, baseline)
 
 
@@ -63,6 +64,14 @@ def _release():
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _fresh(device):
+    """Start of a case: the previous one's memory returned, the peak counters reset."""
+    _release()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _train_step(model, dtype, capturable=False):
@@ -104,13 +113,31 @@ def train_workloads(model_name: str, batch: int, device: torch.device, warmup: i
         baseline = "reference fp32"
     results = []
     for label, impl, dtype, graph in cases:
-        model = build_model(model_name, impl).to(device).train()
-        step = _train_step(model, dtype, capturable=graph)
-        fn = capture(lambda: step(images))[0].replay if graph else (lambda: step(images))
-        results.append(_measure("train", label, batch, fn, flops, device, warmup, repeats, baseline))
-        del model, step, fn
-        _release()
+        results.append(_largest_batch_that_fits(label, batch, lambda b: _train_case(
+            label, model_name, impl, dtype, graph, images[:b], flops, device, warmup, repeats, baseline)))
+    _release()
     return results
+
+
+def _train_case(label, model_name, impl, dtype, graph, images, flops, device, warmup, repeats, baseline):
+    model = build_model(model_name, impl).to(device).train()
+    step = _train_step(model, dtype, capturable=graph)
+    fn = capture(lambda: step(images))[0].replay if graph else (lambda: step(images))
+    return _measure("train", label, len(images), fn, flops, device, warmup, repeats, baseline)
+
+
+def _largest_batch_that_fits(label, batch, run):
+    """run(batch), halving the batch on out-of-memory (the row then shows the batch it ran at:
+    images/s and MFU stay comparable) rather than losing every result of the run."""
+    while True:
+        _fresh(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        try:
+            return run(batch)
+        except torch.OutOfMemoryError:
+            if batch == 1:
+                raise
+            log.warning("%s: out of memory at batch %d, running it at %d", label, batch, batch // 2)
+        batch //= 2  # outside the handler, so the failed attempt's frames are freed first
 
 
 def sample_workloads(model_name: str, batch: Optional[int], num_iter: int, device: torch.device,
@@ -124,13 +151,14 @@ def sample_workloads(model_name: str, batch: Optional[int], num_iter: int, devic
     name = f"sample T={num_iter}"
     small = 32 if device.type == "cuda" else 1
     results = []
+    _fresh(device)
     reference = build_model(model_name, "reference").to(device).eval()
     for label, dtype in (("reference fp32 (official)", torch.float32),) + (
             (("reference bf16", torch.bfloat16),) if device.type == "cuda" else ()):
         results.append(_measure(name, label, small, lambda: official_generate(reference, small, num_iter, temperature, dtype),
                                 flops, device, warmup, repeats, "reference fp32 (official)"))
     del reference
-    _release()
+    _fresh(device)
     fast = build_model(model_name, "fast").to(device).eval()
     sampler = Sampler(fast, num_iter, temperature)
     if batch is None:

@@ -106,7 +106,8 @@ def train(args, ctx):
                 with ddp.no_sync() if ddp and m < accum - 1 else contextlib.nullcontext():
                     ratio = mask_ratio(model, args.seed, micro)
                     if args.compile and args.impl == "fast":  # a float would be a new shape each step
-                        ratio = torch.tensor(ratio, dtype=torch.float64, device=ctx.device)
+                        # a fill kernel, not a copy from host memory (which would sync)
+                        ratio = torch.full((), ratio, dtype=torch.float64, device=ctx.device)
                     with torch.autocast(ctx.device.type, dtype=DTYPES[args.precision],
                                         enabled=args.precision != "fp32"):
                         loss = net(images.to(ctx.device, non_blocking=True), mask_ratio=ratio,
