@@ -33,8 +33,10 @@ class FastAttention(Attention):
     def forward(self, x):
         dropout = self.attn_drop.p if self.training else 0.0
         # The dropout seed is drawn on the device: no sync, graph-safe, and reseeded by
-        # torch.manual_seed like every other random draw of a training step.
-        seed = torch.randint(-2**63, 2**63 - 1, (1,), device=x.device) if dropout > 0 else None
+        # torch.manual_seed like every other random draw of a training step. 63 bits, not 64:
+        # inductor writes the bounds into generated code as literals, where -2**63 parses as
+        # -(2**63), which overflows int64.
+        seed = torch.randint(-2**62, 2**62, (1,), device=x.device) if dropout > 0 else None
         out = attention_qkv(self.qkv(x), self.num_heads, dropout_p=dropout, scale=self.scale, seed=seed)
         return self.proj_drop(self.proj(out))
 
