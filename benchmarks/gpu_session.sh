@@ -6,7 +6,8 @@
 # they can run in any order; run them back to back so the machine stays warm.
 #
 #   bash benchmarks/gpu_session.sh build           # pre-flight, build, `mage-fast info`, every benchmark --smoke
-#   bash benchmarks/gpu_session.sh test-kernels    # tests marked gpu: attention, token drop, vq, decoding step
+#   bash benchmarks/gpu_session.sh test-attention  # tests marked gpu: attention (many autotuned compiles)
+#   bash benchmarks/gpu_session.sh test-kernels    # tests marked gpu: token drop, vq, decoding step, backends
 #   bash benchmarks/gpu_session.sh test-models     # the other tests marked gpu: model, training, sampler, ...
 #   bash benchmarks/gpu_session.sh test-rest       # the CPU-sized tests, run on the GPU (optional)
 #   bash benchmarks/gpu_session.sh bench-attention
@@ -62,9 +63,9 @@ case "${1:-}" in
         && echo "smoke $k: ok" || { echo "smoke $k: FAILED"; tail -20 "$OUT/smoke-$k.log"; status=1; }
     done
     ;;
+  test-attention) gpu_tests attention tests/test_attention.py ;;
   test-kernels)
-    gpu_tests kernels tests/test_backends.py tests/test_attention.py tests/test_token_drop.py tests/test_vq.py \
-      tests/test_decode_step.py
+    gpu_tests kernels tests/test_backends.py tests/test_token_drop.py tests/test_vq.py tests/test_decode_step.py
     ;;
   test-models)
     gpu_tests models tests --ignore=tests/test_backends.py --ignore=tests/test_attention.py \
@@ -80,7 +81,7 @@ case "${1:-}" in
   bench-train) bench train $PY bench_train.py --batch 256 ;;
   bench-sample) bench sample $PY bench_sampler.py ;;
   *)
-    echo "usage: $0 build|test-kernels|test-models|test-rest|bench-attention|bench-kernels|bench-train|bench-sample"
+    echo "usage: $0 build|test-attention|test-kernels|test-models|test-rest|bench-attention|bench-kernels|bench-train|bench-sample"
     exit 2 ;;
 esac
 tar czf "$OUT/results.tgz" -C benchmarks results
