@@ -346,8 +346,9 @@ def _tuned(kernel, gpu_configs):
 
 
 # Forward: query rows per program x key step. dkdv: query step x keys per program. dq: rows per
-# program x key step. Chosen so that at d = 64 the tiles a program keeps (q and its accumulator,
-# or k, v, dk, dv) stay in registers without spilling (ptxas, sm_90), dropout included.
+# program x key step. 16-bit inputs (tensor-core dots): chosen so that at d = 64 the tiles a
+# program keeps (q and its accumulator, or k, v, dk, dv) stay in registers without spilling
+# (ptxas, sm_90), dropout included.
 _fwd = _tuned(_attn_fwd, [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 2)])
 # Each config accumulates the softmax over keys in its own order, and autotuning picks one by
 # timing in each process: generation (no dropout) would then round differently across
@@ -355,6 +356,14 @@ _fwd = _tuned(_attn_fwd, [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128,
 _fwd_fixed = _tuned(_attn_fwd, [(64, 64, 4, 2)])
 _dkdv = _tuned(_attn_bwd_dkdv, [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (64, 128, 8, 2)])
 _dq = _tuned(_attn_bwd_dq, [(64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2)])
+# fp32 ("ieee" dots on the FMA units, operands in registers): the tiles above spill 1-15 KB per
+# thread (ptxas, sm_90, triton 3.6); 32-wide tiles without pipelining spill 0-24 bytes.
+_fwd_ieee = _tuned(_attn_fwd, [(32, 32, 4, 1), (32, 16, 4, 2)])
+_fwd_fixed_ieee = _tuned(_attn_fwd, [(32, 32, 4, 1)])
+_dkdv_ieee = _tuned(_attn_bwd_dkdv, [(32, 32, 4, 1), (16, 32, 4, 2)])
+_dq_ieee = _tuned(_attn_bwd_dq, [(32, 32, 4, 1), (32, 16, 4, 2)])
+_KERNELS = {"tf32": dict(fwd=_fwd, fwd_fixed=_fwd_fixed, dkdv=_dkdv, dq=_dq),
+            "ieee": dict(fwd=_fwd_ieee, fwd_fixed=_fwd_fixed_ieee, dkdv=_dkdv_ieee, dq=_dq_ieee)}
 _PRE_BLOCK = 64
 
 
@@ -381,9 +390,10 @@ def attention_forward(q, k, v, out, lse, key_lengths, seed, dropout_p, scale):
     strides and a unit last stride; out: [B, H, N, d], any such strides."""
     B, H, N, _ = q.shape
     threshold = dropout_threshold(dropout_p)
-    kernel = _fwd if threshold > 0 else _fwd_fixed
+    meta = _constexprs(q, key_lengths, threshold)
+    kernel = _KERNELS[meta["PRECISION"]]["fwd" if threshold > 0 else "fwd_fixed"]
     kernel[_grid(B * H, N, "BLOCK_M")](q, k, v, out, lse, key_lengths, seed, *q.stride()[:3], *out.stride()[:3], H, N,
-                                       scale * LOG2E, threshold, **_constexprs(q, key_lengths, threshold))
+                                       scale * LOG2E, threshold, **meta)
 
 
 def attention_backward(do, q, k, v, out, lse, dq, dk, dv, key_lengths, seed, dropout_p, scale):
@@ -398,8 +408,9 @@ def attention_backward(do, q, k, v, out, lse, dq, dk, dv, key_lengths, seed, dro
         BLOCK_M=_PRE_BLOCK)
     common = (key_lengths, seed, *q.stride()[:3], *do.stride()[:3], *dq.stride()[:3], H, N, scale * LOG2E, scale,
               threshold)
-    _dkdv[_grid(B * H, N, "BLOCK_N")](q, k, v, do, dk, dv, lse, delta, *common, **meta)
-    _dq[_grid(B * H, N, "BLOCK_M")](q, k, v, do, dq, lse, delta, *common, **meta)
+    kernels = _KERNELS[meta["PRECISION"]]
+    kernels["dkdv"][_grid(B * H, N, "BLOCK_N")](q, k, v, do, dk, dv, lse, delta, *common, **meta)
+    kernels["dq"][_grid(B * H, N, "BLOCK_M")](q, k, v, do, dq, lse, delta, *common, **meta)
 
 
 def dropout_keep_mask(seed: torch.Tensor, batch: int, num_heads: int, n: int, dropout_p: float) -> torch.Tensor:

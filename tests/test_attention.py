@@ -416,11 +416,16 @@ def test_kernels_compile_for_sm80_and_sm90(kernel, dtype, constexprs):
     _compile(kernel, dtype, constexprs)
 
 
-@pytest.mark.parametrize("tuned", ["_fwd", "_dkdv", "_dq"])
-def test_every_autotune_config_compiles_for_sm80_and_sm90(tuned):
-    """Each config the autotuner tries on a GPU, in the variant training runs (bf16, key
-    lengths and dropout), compiles and fits the shared memory of an A100 and of an H100."""
-    _compile(tuned, "bf16", dict(HEAD_DIM=64, BLOCK_D=64, TAIL=16, HAS_KL=True, DROPOUT=True, PRECISION="tf32"))
+_AUTOTUNERS = [(f"_{kernel}{suffix}", dtype, precision) for kernel in ("fwd", "dkdv", "dq")
+               for suffix, dtype, precision in (("", "bf16", "tf32"), ("_ieee", "fp32", "ieee"))]
+
+
+@pytest.mark.parametrize("tuned,dtype,precision", _AUTOTUNERS)
+def test_every_autotune_config_compiles_for_sm80_and_sm90(tuned, dtype, precision):
+    """Each config the autotuners try on a GPU, for 16-bit inputs and for fp32, in the variant
+    training runs (key lengths and dropout), compiles and fits the shared memory of an A100 and
+    of an H100."""
+    _compile(tuned, dtype, dict(HEAD_DIM=64, BLOCK_D=64, TAIL=16, HAS_KL=True, DROPOUT=True, PRECISION=precision))
 
 
 # ----------------------------------------------------------------------------- benchmark script
