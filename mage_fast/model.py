@@ -49,15 +49,8 @@ class MAGE(reference.MAGE):
         z = self.vqgan.encoder(images.float())
         return vq_nearest(z, self.vqgan.quantize.embedding.weight)
 
-    def _draw_num_masked(self, device) -> torch.Tensor:
-        """ceil(256 * r), r ~ normal(mu, std) truncated to [min, max], drawn on the device."""
-        lo, hi = self.truncnorm_cdf_bounds()
-        u = lo + (hi - lo) * torch.rand((), dtype=torch.float64, device=device)
-        return self._num_masked(self.mask_ratio_mu + self.mask_ratio_std * torch.special.ndtri(u))
-
-    def _num_masked(self, ratio: torch.Tensor) -> torch.Tensor:
+    def _num_masked(self, ratio: torch.Tensor, num_dropped: int) -> torch.Tensor:
         """ceil(256 * ratio) on the device, within [num_dropped, 256]."""
-        num_dropped = self.token_counts(self.mask_ratio_min)[0]
         return torch.ceil(NUM_TOKENS * ratio.double()).clamp(num_dropped, NUM_TOKENS).long()
 
     def forward(self, images: torch.Tensor, mask_ratio=None, noise=None) -> torch.Tensor:
@@ -69,22 +62,22 @@ class MAGE(reference.MAGE):
         check_images(images, values=values_checkable(images))
         gt = self._tokenize(images)
         batch, device = gt.shape[0], gt.device
+        on_device = isinstance(mask_ratio, torch.Tensor)
+        if mask_ratio is not None and (not on_device or values_checkable(mask_ratio)) \
+                and not self.mask_ratio_min <= float(mask_ratio) <= 1.0:
+            raise ValueError(f"mask_ratio must be in [{self.mask_ratio_min}, 1], got {float(mask_ratio)}")
+        num_dropped = self.token_counts(self.mask_ratio_min)[0]
         if mask_ratio is None:
-            num_masked = self._draw_num_masked(device)
-        elif isinstance(mask_ratio, torch.Tensor):
-            if values_checkable(mask_ratio) and not self.mask_ratio_min <= float(mask_ratio) <= 1.0:
-                raise ValueError(f"mask_ratio must be in [{self.mask_ratio_min}, 1], got {float(mask_ratio)}")
-            num_masked = self._num_masked(mask_ratio.to(device))
-        elif self.mask_ratio_min <= mask_ratio <= 1.0:
-            num_masked = self.token_counts(mask_ratio)[1]
+            num_masked = self._num_masked(self.draw_mask_ratio(device), num_dropped)
+        elif on_device:
+            num_masked = self._num_masked(mask_ratio.to(device), num_dropped)
         else:
-            raise ValueError(f"mask_ratio must be in [{self.mask_ratio_min}, 1], got {mask_ratio}")
+            num_masked = self.token_counts(mask_ratio)[1]
         if noise is None:
             noise = torch.rand(batch, NUM_TOKENS, device=device)
         else:
             check_noise(noise, batch, values=values_checkable(noise))
             noise = noise.to(device)
-        num_dropped = self.token_counts(self.mask_ratio_min)[0]
         keep, masked = mask_sets(noise, num_dropped, num_masked)
 
         emb = self.token_emb
@@ -96,26 +89,23 @@ class MAGE(reference.MAGE):
         x = restore(self.decoder_embed(self.norm(x)), keep, masked, self.decoder_pos_embed_learned)
         for block in self.decoder_blocks:
             x = block(x)
-        return self._masked_loss(self.decoder_norm(x), gt, noise, num_masked)
+        return self._masked_loss(self.decoder_norm(x), gt, masked, num_masked)
 
-    def _masked_loss(self, x, gt, noise, num_masked):
-        """The loss over the masked positions only. They are the num_masked lowest-noise
-        positions (mask_sets' rule, ties to the lower position), so a stable sort of the noise
-        lists them first: with num_masked known on the host only those rows go through the
-        head; with a device count all 256 do, weighted 0/1, so no shape waits for the host."""
-        order = noise.argsort(dim=1, stable=True)
-        row_weights = None
+    def _masked_loss(self, x, gt, masked, num_masked):
+        """The loss over the masked positions only (masked: mask_sets' [B, 257] set). With
+        num_masked known on the host only those rows go through the head; with a device count
+        all 256 do, weighted 0/1, so no shape waits for the host."""
+        rows, targets, row_weights = x[:, 1:], gt, masked[:, 1:].reshape(-1).float()
         if isinstance(num_masked, int):
-            order = order[:, :num_masked]
-        else:
-            ranks = torch.arange(NUM_TOKENS, device=order.device)
-            row_weights = (ranks < num_masked).float().expand(order.shape).reshape(-1)
-        rows = x[:, 1:].gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            # Exactly num_masked per row: a stable descending sort lists them first, in position order.
+            order = masked[:, 1:].byte().argsort(dim=1, descending=True, stable=True)[:, :num_masked]
+            rows = rows.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            targets, row_weights = gt.gather(1, order), None
         head = self.mlm_layer
         h = head.ln(F.gelu(head.fc(rows)))
         codebook = self.config.vqgan.codebook_size
         return mlm_loss(h.reshape(-1, h.shape[-1]), self.token_emb.word_embeddings.weight[:codebook],
-                        head.bias[0, 0, :codebook], gt.gather(1, order).reshape(-1), row_weights)
+                        head.bias[0, 0, :codebook], targets.reshape(-1), row_weights)
 
 
 def mage_from_config(cfg: MAGEConfig, **kwargs) -> MAGE:

@@ -9,6 +9,7 @@ from mage_fast import model as fast
 from mage_fast.backends import backend_report
 from mage_fast.configs import MASK_ID
 from mage_fast.cuda_graphs import capture
+from mage_fast.ops import mask_sets
 from mage_fast.ops.mlm_loss import mlm_loss, mlm_loss_ref
 from mage_fast.reference import mage_vit_tiny_test as reference_tiny
 from mage_fast.sampler import Sampler
@@ -65,10 +66,10 @@ def test_device_mask_count_equals_host_count(pair, images):
     ours, _ = pair
     x = torch.randn(2, 257, 96, requires_grad=True)
     gt = torch.randint(0, 1024, (2, 256))
-    noise = torch.rand(2, 256)
+    masked = mask_sets(torch.rand(2, 256), 128, 181)[1]
     results = []
     for count in (181, torch.tensor(181)):
-        loss = ours._masked_loss(x, gt, noise, count)
+        loss = ours._masked_loss(x, gt, masked, count)
         grad, = torch.autograd.grad(loss, x)
         results.append((loss, grad))
     assert rel_err(results[0][0], results[1][0]) < 1e-6 and rel_err(results[0][1], results[1][1]) < 1e-5
@@ -98,7 +99,8 @@ def test_mlm_loss_against_the_materialised_reference():
 def test_drawn_mask_ratio_and_noise(pair, images):
     ours, _ = pair
     torch.manual_seed(1)
-    counts = torch.stack([ours._draw_num_masked(torch.device("cpu")) for _ in range(2000)]).float()
+    num_dropped = ours.token_counts(ours.mask_ratio_min)[0]
+    counts = torch.stack([ours._num_masked(ours.draw_mask_ratio(), num_dropped) for _ in range(2000)]).float()
     assert counts.min() >= 128 and counts.max() <= 256
     assert abs(counts.mean().item() / 256 - 0.694) < 0.015   # ceil adds ~0.5/256 to the 0.694 mean
     ours.train()

@@ -154,18 +154,19 @@ class MAGE(nn.Module):
         return F.layer_norm(x[:, 1:].mean(dim=1), x.shape[-1:], eps=1e-6)
 
     # ---------------------------------------------------------------- training
-    def truncnorm_cdf_bounds(self):
-        """The normal(mu, std) CDF at [mask_ratio_min, mask_ratio_max]: drawing u uniformly in
-        between and inverting the CDF samples the truncated normal."""
+    def draw_mask_ratio(self, device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """One draw from normal(mu, std) truncated to [mask_ratio_min, mask_ratio_max], a 0-d
+        float64 tensor on `device`: u uniform between the normal CDF at the two bounds, then
+        the inverse CDF."""
         def cdf(x):
             return 0.5 * math.erfc(-(x - self.mask_ratio_mu) / (self.mask_ratio_std * math.sqrt(2.0)))
-        return cdf(self.mask_ratio_min), cdf(self.mask_ratio_max)
+        lo, hi = cdf(self.mask_ratio_min), cdf(self.mask_ratio_max)
+        u = lo + (hi - lo) * torch.rand((), dtype=torch.float64, device=device, generator=generator)
+        return self.mask_ratio_mu + self.mask_ratio_std * torch.special.ndtri(u)
 
     def sample_mask_ratio(self, generator: Optional[torch.Generator] = None) -> float:
-        """One draw from normal(mu, std) truncated to [mask_ratio_min, mask_ratio_max]."""
-        lo, hi = self.truncnorm_cdf_bounds()
-        u = lo + (hi - lo) * torch.rand((), dtype=torch.float64, generator=generator)
-        return float(self.mask_ratio_mu + self.mask_ratio_std * torch.special.ndtri(u))
+        """draw_mask_ratio on the host, as a float."""
+        return float(self.draw_mask_ratio(generator=generator))
 
     def token_counts(self, mask_ratio: float):
         """(num_dropped, num_masked) for a step: ceil(256 * mask_ratio_min), ceil(256 * ratio)."""
