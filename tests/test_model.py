@@ -1,8 +1,10 @@
 """The fast MAGE module against the reference: same weights, noise and mask ratio, dropout off:
 the loss and every parameter gradient; tokenize, logits, generation, state_dict, backends."""
+import importlib
+
 import pytest
 import torch
-from helpers import rel_err, without_host_sync
+from helpers import poisoned_allocations, rel_err, without_host_sync
 
 import mage_fast
 from mage_fast import model as fast
@@ -13,6 +15,8 @@ from mage_fast.ops import mask_sets
 from mage_fast.ops.mlm_loss import mlm_loss, mlm_loss_ref
 from mage_fast.reference import mage_vit_tiny_test as reference_tiny
 from mage_fast.sampler import Sampler
+
+mlm_loss_module = importlib.import_module("mage_fast.ops.mlm_loss")  # `mlm_loss` is the function
 
 pytestmark = pytest.mark.triton  # runs the kernels: under the interpreter without CUDA
 
@@ -75,7 +79,9 @@ def test_device_mask_count_equals_host_count(pair, images):
     assert rel_err(results[0][0], results[1][0]) < 1e-6 and rel_err(results[0][1], results[1][1]) < 1e-5
 
 
-def test_mlm_loss_against_the_materialised_reference():
+def test_mlm_loss_against_the_materialised_reference(monkeypatch):
+    """Three chunks, the last one ragged (300 = 128 + 128 + 44), every output written."""
+    monkeypatch.setattr(mlm_loss_module, "CHUNK_ROWS", 128)
     g = torch.Generator().manual_seed(3)
     h = torch.randn(300, 64, generator=g, requires_grad=True)
     weight = torch.randn(1024, 64, generator=g)
@@ -83,10 +89,12 @@ def test_mlm_loss_against_the_materialised_reference():
     targets = torch.randint(0, 1024, (300,), generator=g)
     rows = (torch.rand(300, generator=g) < 0.7).float()
     for row_weights in (None, rows):
-        got = mlm_loss(h, weight, bias, targets, row_weights)
+        with poisoned_allocations():
+            got = mlm_loss(h, weight, bias, targets, row_weights)
+            got_grads = torch.autograd.grad(got, (h, bias))
         want = mlm_loss_ref(h, weight, bias, targets, row_weights)
         assert rel_err(got, want) < 1e-6
-        for a, b in zip(torch.autograd.grad(got, (h, bias)), torch.autograd.grad(want, (h, bias))):
+        for a, b in zip(got_grads, torch.autograd.grad(want, (h, bias))):
             assert rel_err(a, b) < 1e-5
     for bad, match in ((dict(weight=weight[:, :32]), "share D"), (dict(targets=targets.float()), "integer"),
                        (dict(targets=targets + 1024), r"\[0, 1024\)"), (dict(row_weights=rows[:10]), "row_weights"),
