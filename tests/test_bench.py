@@ -104,7 +104,7 @@ def test_a_case_out_of_memory_runs_at_a_smaller_batch(caplog):
         if batch > 64:
             raise torch.OutOfMemoryError("CUDA out of memory")
         return batch
-    assert _largest_batch_that_fits("reference fp16", 256, run) == 64 and tried == [256, 128, 64]
+    assert _largest_batch_that_fits("reference fp16", 256, torch.device("cpu"), run) == 64 and tried == [256, 128, 64]
     assert "reference fp16: out of memory at batch 256, running it at 128" in caplog.text
     with pytest.raises(torch.OutOfMemoryError):  # not even one image fits
-        _largest_batch_that_fits("too big", 8, lambda batch: run(batch * 1000))
+        _largest_batch_that_fits("too big", 8, torch.device("cpu"), lambda batch: run(batch * 1000))

@@ -11,7 +11,7 @@ import torch
 from ..configs import CONFIGS
 from ..cuda_graphs import capture
 from ..model import build_model
-from ..training.optim import BETAS, freeze_unused, param_groups
+from ..training.optim import build_optimizer, freeze_unused
 from .baselines import official_generate
 from .flops import sample_flops_per_image, train_flops_per_image
 from .measure import time_ms
@@ -78,8 +78,7 @@ def _train_step(model, dtype, capturable=False):
     """One optimizer step of the official recipe (AdamW 0.9/0.95, wd 0.05 off 1-D and biases,
     clipping at 3.0) on fixed images; fp16 with a loss scaler as the official code runs it."""
     freeze_unused(model)
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=BETAS,
-                            fused=model.mlm_layer.bias.is_cuda, capturable=capturable)
+    opt = build_optimizer(model, 1e-4, 0.05, capturable)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     device = model.mlm_layer.bias.device
 
@@ -113,7 +112,7 @@ def train_workloads(model_name: str, batch: int, device: torch.device, warmup: i
         baseline = "reference fp32"
     results = []
     for label, impl, dtype, graph in cases:
-        results.append(_largest_batch_that_fits(label, batch, lambda b: _train_case(
+        results.append(_largest_batch_that_fits(label, batch, device, lambda b: _train_case(
             label, model_name, impl, dtype, graph, images[:b], flops, device, warmup, repeats, baseline)))
     _release()
     return results
@@ -126,11 +125,11 @@ def _train_case(label, model_name, impl, dtype, graph, images, flops, device, wa
     return _measure("train", label, len(images), fn, flops, device, warmup, repeats, baseline)
 
 
-def _largest_batch_that_fits(label, batch, run):
+def _largest_batch_that_fits(label, batch, device, run):
     """run(batch), halving the batch on out-of-memory (the row then shows the batch it ran at:
     images/s and MFU stay comparable) rather than losing every result of the run."""
     while True:
-        _fresh(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        _fresh(device)
         try:
             return run(batch)
         except torch.OutOfMemoryError:

@@ -35,9 +35,11 @@ def param_groups(model: nn.Module, weight_decay: float):
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, capturable: bool = False) -> torch.optim.AdamW:
+    """capturable: keep the step count on the device, so a CUDA graph can capture the step."""
     fused = next(model.parameters()).device.type == "cuda"  # one kernel for all params on GPU
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=BETAS, fused=fused)
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=BETAS, fused=fused,
+                             capturable=capturable)
 
 
 def scaled_lr(blr: float, effective_batch: int) -> float:
