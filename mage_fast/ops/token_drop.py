@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..backends import register_op, triton_backend, uses_triton
-from ..configs import CODEBOOK_SIZE, FAKE_CLASS_ID, MASK_ID, NUM_TOKENS, SEQ_LEN, VOCAB_SIZE
+from ..configs import CODEBOOK_SIZE, MASK_ID, NUM_TOKENS, SEQ_LEN, VOCAB_SIZE
+from ..reference.model import keep_rows, restore_slots, threshold_sets, with_class_token
 from ..validation import describe, values_checkable
 from .vq import FLOAT_TYPES
 
@@ -101,17 +102,13 @@ def _keep_mask(keep_index):
 
 def _tokens(ids, masked):
     """The 257 token ids: the class token, then the image's ids with masked ones set to MASK_ID."""
-    tokens = torch.cat([torch.full_like(ids[:, :1], FAKE_CLASS_ID), ids], dim=1).long()
-    return torch.where(masked, MASK_ID, tokens)
+    return torch.where(masked, MASK_ID, with_class_token(ids))
 
 
 def mask_sets_ref(noise, num_dropped, num_masked):
-    """The official thresholds: dropped (masked) = noise <= its num_dropped-th (num_masked-th)
-    smallest value. Sets of the right size only for noise without ties at the thresholds."""
-    num_masked = int(num_masked)
-    sorted_noise = noise.sort(dim=1).values
-    dropped = noise <= sorted_noise[:, num_dropped - 1: num_dropped]
-    masked = noise <= sorted_noise[:, num_masked - 1: num_masked]
+    """The official thresholds, as (keep_index, masked) [B, 257]. Sets of the right size only
+    for noise without ties at the thresholds."""
+    dropped, masked = threshold_sets(noise, num_dropped, int(num_masked))
     no = torch.zeros_like(masked[:, :1])
     keep = torch.cat([~no, ~dropped], dim=1)
     return keep.nonzero(as_tuple=True)[1].view(noise.shape[0], -1), torch.cat([no, masked], dim=1)
@@ -121,16 +118,13 @@ def embed_and_drop_ref(ids, masked, keep_index, word, pos, weight, bias, eps=1e-
     """The official encoder input (no dropout): embed and normalise all 257 tokens, then keep
     the rows of keep_index by boolean nonzero indexing."""
     x = F.layer_norm(F.embedding(_tokens(ids, masked), word) + pos, (word.shape[1],), weight, bias, eps)
-    return x[_keep_mask(keep_index).nonzero(as_tuple=True)].reshape(ids.shape[0], -1, x.shape[-1])
+    return keep_rows(x, _keep_mask(keep_index))
 
 
 def restore_ref(x, keep_index, masked, pos_embed):
-    """The official decoder input: fill with the class token's row, scatter the kept rows by
-    boolean nonzero indexing, overwrite every masked slot with the class token again, add pos."""
-    cls_fill = x[:, 0:1].repeat(1, SEQ_LEN, 1)
-    padded = cls_fill.clone()
-    padded[_keep_mask(keep_index).nonzero(as_tuple=True)] = x.reshape(-1, x.shape[-1])
-    return torch.where(masked.unsqueeze(-1), cls_fill, padded) + pos_embed
+    """The official decoder input: the class token's row in every slot, the kept rows scattered
+    back by boolean nonzero indexing, every masked slot the class token again, plus pos."""
+    return restore_slots(x, _keep_mask(keep_index), masked) + pos_embed
 
 
 # ---------------------------------------------------------------- sync-free PyTorch fallback

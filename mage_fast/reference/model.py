@@ -20,6 +20,39 @@ from .layers import Attention, Block, BertEmbeddings, MlmLayer, PatchEmbed, labe
 from .vqgan import VQGAN
 
 
+# ---------------------------------------------------------------- the official drop/mask steps
+def threshold_sets(noise, num_dropped: int, num_masked: int):
+    """(dropped, masked) [B, 256]: noise <= its num_dropped-th (num_masked-th) smallest value,
+    the official thresholds (sets of the right size only for noise without ties there)."""
+    sorted_noise = noise.sort(dim=1).values
+    return (noise <= sorted_noise[:, num_dropped - 1: num_dropped],
+            noise <= sorted_noise[:, num_masked - 1: num_masked])
+
+
+def with_class_token(ids):
+    """[B, 256] ids -> [B, 257] int64 token ids, the class token first."""
+    cls = torch.full((ids.shape[0], 1), FAKE_CLASS_ID, dtype=torch.long, device=ids.device)
+    return torch.cat([cls, ids.long()], dim=1)
+
+
+def keep_rows(x, keep):
+    """The rows of x [B, 257, D] where keep [B, 257] is set, in position order (the same count
+    in every row), by boolean nonzero indexing as the official encoder input."""
+    return x[keep.nonzero(as_tuple=True)].reshape(x.shape[0], -1, x.shape[-1])
+
+
+def restore_slots(x, keep, masked):
+    """The official decoder input before its position embedding: every slot starts as the class
+    token's row, the kept rows go back to their positions (keep=None: nothing was dropped), and
+    every masked slot (dropped or not) gets the class token again."""
+    cls_fill = x[:, 0:1].repeat(1, SEQ_LEN, 1)
+    padded = x
+    if keep is not None:
+        padded = cls_fill.clone()
+        padded[keep.nonzero(as_tuple=True)] = x.reshape(-1, x.shape[-1])
+    return torch.where(masked.unsqueeze(-1), cls_fill, padded)
+
+
 class MAGE(nn.Module):
     # What a faster subclass swaps in: the attention module and the decoding step.
     attention = Attention
@@ -99,7 +132,7 @@ class MAGE(nn.Module):
         the same count in every row), run the encoder (and its final LayerNorm)."""
         x = self.token_emb(tokens)
         if keep is not None:
-            x = x[keep.nonzero(as_tuple=True)].reshape(x.shape[0], -1, x.shape[-1])
+            x = keep_rows(x, keep)
         for block in self.blocks:
             x = block(x)
         return self.norm(x) if final_norm else x
@@ -109,23 +142,12 @@ class MAGE(nn.Module):
         token's decoder embedding, the kept encoder outputs go back to their positions (keep=None:
         nothing was dropped), and every masked position (dropped or not) is overwritten with the
         class token again."""
-        x = self.decoder_embed(x)
-        cls_fill = x[:, 0:1].repeat(1, SEQ_LEN, 1)
-        padded = x
-        if keep is not None:
-            padded = cls_fill.clone()
-            padded[keep.nonzero(as_tuple=True)] = x.reshape(-1, x.shape[-1])
-        x = torch.where(masked.unsqueeze(-1), cls_fill, padded) + self.decoder_pos_embed_learned
+        x = restore_slots(self.decoder_embed(x), keep, masked) + self.decoder_pos_embed_learned
         for block in self.decoder_blocks:
             x = block(x)
         x = self.decoder_norm(x)
         # The head is tied to the word embeddings but detached: no gradient through this use.
         return self.mlm_layer(x, self.token_emb.word_embeddings.weight.detach())
-
-    @staticmethod
-    def _with_class_token(ids):
-        cls = torch.full((ids.shape[0], 1), FAKE_CLASS_ID, dtype=torch.long, device=ids.device)
-        return torch.cat([cls, ids.long()], dim=1)
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         """One generation step's forward: ids [B, 256] (MASK_ID where unknown) -> logits over
@@ -135,7 +157,7 @@ class MAGE(nn.Module):
 
     def logits_unchecked(self, ids: torch.Tensor) -> torch.Tensor:
         """logits() without the input check, whose host sync would break CUDA-graph capture."""
-        tokens = self._with_class_token(ids)
+        tokens = with_class_token(ids)
         x = self._encode(tokens)
         return self._decode(x, None, tokens == MASK_ID)[:, 1:, : self.config.vqgan.codebook_size]
 
@@ -148,7 +170,7 @@ class MAGE(nn.Module):
         if pool not in ("avg", "cls"):
             raise ValueError(f"pool must be 'avg' or 'cls', got {pool!r}")
         check_images(images)
-        x = self._encode(self._with_class_token(self._tokenize(images)), final_norm=False)
+        x = self._encode(with_class_token(self._tokenize(images)), final_norm=False)
         if pool == "cls":
             return self.norm(x)[:, 0]
         return F.layer_norm(x[:, 1:].mean(dim=1), x.shape[-1:], eps=1e-6)
@@ -177,9 +199,7 @@ class MAGE(nn.Module):
         num_dropped (num_masked) smallest noise values. Ties would make the sets too large:
         the official code redraws the noise then, so given noise with ties is an error."""
         num_dropped, num_masked = self.token_counts(mask_ratio)
-        sorted_noise = noise.sort(dim=1).values
-        dropped = noise <= sorted_noise[:, num_dropped - 1: num_dropped]
-        masked = noise <= sorted_noise[:, num_masked - 1: num_masked]
+        dropped, masked = threshold_sets(noise, num_dropped, num_masked)
         if dropped.sum() != dropped.shape[0] * num_dropped or masked.sum() != masked.shape[0] * num_masked:
             raise ValueError("noise has ties at the drop/mask thresholds; draw it again")
         return dropped, masked
@@ -208,7 +228,7 @@ class MAGE(nn.Module):
             dropped, masked = self.masks_from_noise(noise.to(gt.device), mask_ratio)
 
         no = torch.zeros(gt.shape[0], 1, dtype=torch.bool, device=gt.device)
-        tokens = self._with_class_token(torch.where(masked, MASK_ID, gt))
+        tokens = with_class_token(torch.where(masked, MASK_ID, gt))
         keep = torch.cat([no, dropped], dim=1).logical_not()
         masked = torch.cat([no, masked], dim=1)
         logits = self._decode(self._encode(tokens, keep), keep, masked)
