@@ -8,16 +8,17 @@ Reports ms, TFLOP/s (3 GEMMs of 2*R*V*D), peak memory and speed-up.
 """
 import torch
 
-from common import bench_ms, finish, peak_memory_gib, setup
+from common import compare, device_record, finish, setup
 from mage_fast.ops.mlm_loss import mlm_loss, mlm_loss_ref
 
-COLUMNS = ["dtype", "impl", "ms", "tflops", "peak_gib", "speedup"]
+COLUMNS = ["dtype", "impl", "ms", "tflops", "of_peak", "peak_gib", "speedup"]
 
 
 def main():
     args = setup(__doc__, "mlm_loss")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows_, dim, vocab = (64, 32, 1024) if args.smoke else (256 * 178, 768, 1024)
+    record = device_record()
     rows = []
     for dtype in (torch.bfloat16, torch.float32) if device == "cuda" else (torch.float32,):
         h = torch.randn(rows_, dim, device=device, requires_grad=True)
@@ -30,15 +31,10 @@ def main():
                 loss = loss_fn(h, weight, bias, targets)
             return torch.autograd.grad(loss, (h, bias))
 
-        base = None
-        for impl, fn in (("official (materialised logits)", lambda: step(mlm_loss_ref)),
-                         ("mage_fast mlm_loss", lambda: step(mlm_loss))):
-            ms = bench_ms(fn)["ms"]
-            base = base or ms
-            rows.append({"dtype": str(dtype).replace("torch.", ""), "impl": impl, "ms": ms,
-                         "tflops": 3 * 2 * rows_ * vocab * dim / ms / 1e9, "peak_gib": peak_memory_gib(fn),
-                         "speedup": base / ms})
-    finish("mlm_loss", rows, COLUMNS, args)
+        impls = {"official (materialised logits)": lambda: step(mlm_loss_ref),
+                 "mage_fast mlm_loss": lambda: step(mlm_loss)}
+        rows += compare(impls, {"dtype": str(dtype).replace("torch.", "")}, record, flop=3 * 2 * rows_ * vocab * dim)
+    finish("mlm_loss", rows, COLUMNS, args, record)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ autocast at that batch. MFU from MAGE_SPEC's FLOP counts: T x ~78 GFLOP + ~187 G
 """
 import torch
 
-from common import device_record, finish, setup
+from common import device_record, finish, roofline_peak, setup
 from mage_fast.bench.workloads import sample_workloads
 from mage_fast.configs import CONFIGS
 
@@ -23,7 +23,7 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = "mage_vit_tiny_test" if args.smoke else args.model
     record = device_record()
-    peak = record["roofline"]["bf16_tflops"] if record["roofline"] else None
+    peak = roofline_peak(record, "bf16_tflops")
     rows = []
     for num_iter in (2,) if args.smoke else (20, 12):
         results = sample_workloads(model, args.batch, num_iter, device, warmup=1, repeats=args.repeats)

@@ -14,10 +14,10 @@ import math
 
 import torch
 
-from common import bench_ms, device_record, finish, peak_memory_gib, setup
+from common import compare, device_record, finish, setup
 from mage_fast.cuda_graphs import capture
 
-COLUMNS = ["op", "dtype", "impl", "ms", "gb_s", "hbm_fraction", "speedup", "peak_gib"]
+COLUMNS = ["op", "dtype", "impl", "ms", "gb_s", "of_hbm", "speedup", "peak_gib"]
 
 
 def workloads(batch, dim, dtype, device, ops):
@@ -73,23 +73,17 @@ def main():
     from mage_fast import ops
 
     record = device_record()
-    peak_gbs = record["roofline"]["hbm_tbps"] * 1e3 if record["roofline"] else None
     batch, dim = (2, 64) if args.smoke else (256, 768)
     rows = []
     for dtype in (torch.bfloat16, torch.float32) if cuda else (torch.float32,):
         for op, (nbytes, impls) in workloads(batch, dim, dtype, "cuda" if cuda else "cpu", ops).items():
             if cuda:
                 impls["mage_fast (CUDA graph)"] = capture(impls["mage_fast"])[0].replay
-            base = None
-            for impl, fn in impls.items():
-                ms = bench_ms(fn)["ms"]
-                base = base or ms
-                gb_s = nbytes / ms / 1e6
-                # A replay allocates nothing: the graph's pool holds what one eager call allocates.
-                peak = peak_memory_gib(impls["mage_fast"] if impl == "mage_fast (CUDA graph)" else fn)
-                rows.append({"op": op, "dtype": str(dtype).replace("torch.", ""), "impl": impl, "ms": ms,
-                             "gb_s": gb_s, "hbm_fraction": gb_s / peak_gbs if peak_gbs else float("nan"),
-                             "speedup": base / ms, "peak_gib": peak})
+            case = {r["impl"]: r for r in compare(impls, {"op": op, "dtype": str(dtype).replace("torch.", "")},
+                                                   record, nbytes=nbytes)}
+            if cuda:  # a replay allocates nothing: the graph's pool holds what one eager call allocates
+                case["mage_fast (CUDA graph)"]["peak_gib"] = case["mage_fast"]["peak_gib"]
+            rows += case.values()
     finish("token_drop", rows, COLUMNS, args, record)
 
 

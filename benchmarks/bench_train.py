@@ -7,7 +7,7 @@ attention scores). MFU from the FLOP count: 3x the transformer forward + the tok
 """
 import torch
 
-from common import device_record, finish, setup
+from common import device_record, finish, roofline_peak, setup
 from mage_fast.bench.workloads import train_workloads
 from mage_fast.configs import CONFIGS
 
@@ -24,7 +24,7 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, batch = ("mage_vit_tiny_test", 1) if args.smoke else (args.model, args.batch)
     record = device_record()
-    peak = record["roofline"]["bf16_tflops"] if record["roofline"] else None
+    peak = roofline_peak(record, "bf16_tflops")
     results = train_workloads(model, batch, device, warmup=2, repeats=args.repeats)
     base = {r.implementation: r.images_per_s for r in results}
     finish(f"train-{model}", [r.as_dict(peak, base[r.baseline]) for r in results], COLUMNS, args, record)

@@ -1,5 +1,6 @@
 """vq_nearest against the official distance + argmin (the einsum expression, fp32, TF32 off) and
-torch.cdist + argmin: time, TFLOP/s (2*N*K*C), peak memory and speed-up, at MAGE-B's training
+torch.cdist + argmin: time, TFLOP/s (2*N*K*C; of_peak: of the bf16 tensor-core peak, which
+fp32 FMA work cannot approach), peak memory and speed-up, at MAGE-B's training
 shape (batch 256: 65,536 vectors x 1024 codes x 256 dims) and batch 32.
 
     python benchmarks/bench_vq.py            # on a GPU: writes benchmarks/results/<device>-<date>-vq.*
@@ -7,9 +8,9 @@ shape (batch 256: 65,536 vectors x 1024 codes x 256 dims) and batch 32.
 """
 import torch
 
-from common import bench_ms, finish, peak_memory_gib, setup
+from common import compare, device_record, finish, setup
 
-COLUMNS = ["shape", "impl", "ms", "tflops", "peak_gib", "speedup", "same_ids"]
+COLUMNS = ["shape", "impl", "ms", "tflops", "of_peak", "peak_gib", "speedup", "same_ids"]
 
 
 def main():
@@ -20,6 +21,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False  # the official expression runs in true fp32
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shapes = [(200, 300, 32)] if args.smoke else [(65536, 1024, 256), (8192, 1024, 256)]
+    record = device_record()
     rows = []
     for n, k, c in shapes:
         z = torch.randn(n, c, device=device)
@@ -32,15 +34,12 @@ def main():
             "mage_fast vq_nearest (+vectors)": lambda: vq_nearest(z, codebook, return_vectors=True)[0],
             "mage_fast vq_nearest tf32x3": lambda: vq_nearest(z, codebook, precision="tf32x3"),
         }
-        base = None
-        for name, fn in impls.items():
-            ms = bench_ms(fn)["ms"]
-            base = base or ms
-            rows.append({"shape": f"{n}x{k}x{c}", "impl": name, "ms": ms, "tflops": 2 * n * k * c / ms / 1e9,
-                         "peak_gib": peak_memory_gib(fn), "speedup": base / ms,
-                         # random inputs: a near-tie (distances within fp32 round-off) may differ
-                         "same_ids": (fn() == ref).float().mean().item()})
-    finish("vq", rows, COLUMNS, args)
+        case = compare(impls, {"shape": f"{n}x{k}x{c}"}, record, flop=2 * n * k * c)
+        for row, fn in zip(case, impls.values()):
+            # random inputs: a near-tie (distances within fp32 round-off) may differ
+            row["same_ids"] = (fn() == ref).float().mean().item()
+        rows += case
+    finish("vq", rows, COLUMNS, args, record)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from mage_fast.bench.measure import bench_ms, device_record, peak_memory_gib  # noqa: F401 (for the scripts)
+from mage_fast.bench.measure import bench_ms, compare, device_record, roofline_peak  # noqa: F401 (for the scripts)
 from mage_fast.bench.report import table, write
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

@@ -435,4 +435,4 @@ def test_benchmark_script_smoke(tmp_path):
     proc = subprocess.run([sys.executable, script, "--smoke", "--results-dir", str(tmp_path)], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "ours" in proc.stdout and list(tmp_path.glob("*attention*.json")), proc.stdout[-2000:]
+    assert "mage_fast qkv" in proc.stdout and list(tmp_path.glob("*attention*.json")), proc.stdout[-2000:]

@@ -7,9 +7,11 @@ import sys
 import pytest
 import torch
 
+from mage_fast.bench import measure
 from mage_fast.bench.report import describe, table
 from mage_fast.bench.workloads import Result, _largest_batch_that_fits
 from mage_fast.cli import main
+from mage_fast.cli.bench import kernel_speedups
 from mage_fast.roofline import roofline_for
 from mage_fast.telemetry import nvml_snapshot
 
@@ -31,7 +33,8 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
         assert math.isclose(r["images_per_s"], r["batch"] / (r["median_ms"] / 1e3))
         assert r["mfu"] is None                                # no roofline for a CPU
     for kernel in ("attention", "vq", "token_drop", "decode_step", "mlm_loss"):
-        assert record["sections"][f"kernel: {kernel}"], kernel
+        rows = record["sections"][f"kernel: {kernel}"]
+        assert kernel_speedups(kernel, rows), kernel  # our rows follow the scripts' shared convention
     assert (tmp_path / (next(tmp_path.glob("cpu-*[0-9].json")).stem + ".md")).exists()
 
 
@@ -41,6 +44,22 @@ def test_throughput_and_mfu_arithmetic():
     assert r.tflops == 100.0 and r.mfu(1000.0) == pytest.approx(0.1) and r.mfu(None) is None
     row = r.as_dict(peak_tflops=1000.0, baseline_images_per_s=40.0)
     assert row["speedup"] == 2.5 and row["mfu"] == pytest.approx(0.1)
+
+
+def test_compare_rates_fractions_and_speedups(monkeypatch):
+    """The per-kernel scripts' shared arithmetic: rates from the median ms, the fraction of the
+    device's roofline, speed-ups over the first implementation."""
+    times = {"torch": 2.0, "mage_fast": 0.5}
+    monkeypatch.setattr(measure, "bench_ms", lambda fn: {"ms": times[fn()]})
+    impls = {name: (lambda name=name: name) for name in times}
+    record = {"roofline": {"bf16_tflops": 1000.0, "hbm_tbps": 2.0}}
+    slow, fast = measure.compare(impls, {"shape": "4x4"}, record, flop=1e12, nbytes=1e9)
+    assert list(slow)[:2] == ["shape", "impl"] and slow["shape"] == "4x4"
+    assert (slow["tflops"], slow["of_peak"], slow["gb_s"], slow["of_hbm"]) == (500.0, 0.5, 500.0, 0.25)
+    assert (slow["speedup"], fast["speedup"], fast["baseline"]) == (1.0, 4.0, "torch")
+    assert measure.compare(impls, {}, {"roofline": None}, flop=1e12)[0]["of_peak"] is None
+    plotted = kernel_speedups("vq", [slow, fast])
+    assert plotted == [{"workload": "vq 4x4", "implementation": "mage_fast vs torch", "speedup": 4.0}]
 
 
 @pytest.mark.parametrize("name,roof,tflops,tbps", [

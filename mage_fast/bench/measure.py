@@ -2,7 +2,7 @@
 import datetime
 import statistics
 import time
-from typing import Callable, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -52,6 +52,36 @@ def peak_memory_gib(fn) -> float:
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+def roofline_peak(record: dict, key: str) -> Optional[float]:
+    """The device's 'bf16_tflops' or 'hbm_tbps' from a device_record, None where unknown."""
+    return record["roofline"][key] if record.get("roofline") else None
+
+
+def compare(impls: Dict[str, Callable[[], object]], case: Dict, record: dict, *,
+            flop: Optional[float] = None, nbytes: Optional[float] = None) -> List[Dict]:
+    """Time each of impls {name: fn} side by side; the first is the baseline. One row each: the
+    case's fields, impl, ms (median, p20, p80), tflops (given flop) or gb_s (given nbytes) and
+    the fraction of the device's roofline, peak_gib, baseline and speedup (the baseline's ms
+    over this ms: above 1 is faster)."""
+    rows = []
+    for name, fn in impls.items():
+        row = {**case, "impl": name, **bench_ms(fn)}
+        seconds = row["ms"] * 1e-3
+        if flop is not None:
+            row["tflops"] = flop / seconds / 1e12
+            peak = roofline_peak(record, "bf16_tflops")
+            row["of_peak"] = row["tflops"] / peak if peak else None
+        if nbytes is not None:
+            row["gb_s"] = nbytes / seconds / 1e9
+            peak = roofline_peak(record, "hbm_tbps")
+            row["of_hbm"] = row["gb_s"] / (peak * 1e3) if peak else None
+        row["peak_gib"] = peak_memory_gib(fn)
+        row["baseline"] = next(iter(impls))
+        row["speedup"] = rows[0]["ms"] / row["ms"] if rows else 1.0
+        rows.append(row)
+    return rows
 
 
 def device_record() -> dict:

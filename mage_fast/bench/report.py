@@ -78,20 +78,22 @@ def plot(path: str, rows: List[Dict], title: str = "") -> Optional[str]:
     except ImportError:
         log.info("matplotlib is not installed (pip install mage-fast[plot]): no plot")
         return None
-    bars = [(f"{r['workload']}\n{r['implementation']}", r["speedup"]) for r in rows
+    bars = [(f"{r['workload']}: {r['implementation']}", r["speedup"]) for r in rows
             if r.get("speedup") and r.get("baseline") != r["implementation"]]
     if not bars:
         return None
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(bars)), 4.5))
-    labels, values = zip(*bars)
-    colours = ["#2a9d8f" if v >= 1 else "#e76f51" for v in values]
-    ax.bar(range(len(values)), values, color=colours)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(values)), labels, fontsize=7, rotation=30, ha="right")
-    ax.set_ylabel("speed-up over the baseline (x)")
-    ax.set_title(title, fontsize=9)
+    # Horizontal bars, top to bottom in the tables' order: long labels stay readable.
+    labels, values = zip(*reversed(bars))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.28 * len(bars)))
+    # Bars from 1x to the speed-up: right of the line is faster than the baseline, left slower.
+    ax.barh(range(len(values)), [v - 1 for v in values], left=1, color=["#2a9d8f" if v >= 1 else "#e76f51" for v in values])
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(values)), labels, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up over the baseline (x, log scale)")
+    ax.set_title(title, fontsize=8, wrap=True)
     for i, v in enumerate(values):
-        ax.text(i, v, f"{v:.2f}x", ha="center", va="bottom", fontsize=8)
+        ax.text(v, i, f" {v:.2f}x ", va="center", ha="left" if v >= 1 else "right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path + ".png", dpi=120)
     plt.close(fig)

@@ -43,22 +43,17 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-# Per kernel script: which rows are ours and their speed-up over the baseline the script uses.
-SPEEDUPS = {
-    "attention": lambda r: r["impl"] == "ours" and r["mode"] == "fwd+bwd" and (
-        f"attention {r['workload']} B{r['B']}", "vs best SDPA", r.get("vs_best_sdpa")),
-    "vq": lambda r: r["impl"] == "mage_fast vq_nearest" and (f"vq {r['shape']}", "vs einsum", r.get("speedup")),
-    "token_drop": lambda r: r["impl"] == "mage_fast" and (f"{r['op']} {r['dtype']}", "vs nonzero", r.get("speedup")),
-    "decode_step": lambda r: r["impl"] == "official step" and (
-        f"decode step {r['dtype']} B{r['batch']}", "vs official", r.get("op speed-up")),
-    "mlm_loss": lambda r: r["impl"] == "mage_fast mlm_loss" and (f"head+loss {r['dtype']}", "vs official", r.get("speedup")),
-}
-
-
 def kernel_speedups(name, rows):
-    """Rows for the plot: {workload, implementation, speedup} of our kernel in each case."""
-    picked = [SPEEDUPS[name](r) for r in rows]
-    return [{"workload": w, "implementation": i, "speedup": s} for w, i, s in filter(None, picked)]
+    """Rows for the plot: {workload, implementation, speedup} of each of our kernels' rows. The
+    scripts share a convention: the fields before "impl" name the case, our implementations'
+    names begin with "mage_fast", and "speedup" is over the row's "baseline"."""
+    picked = []
+    for r in rows:
+        if r["impl"].startswith("mage_fast") and r.get("speedup"):
+            case = [str(v) for v in list(r.values())[:list(r).index("impl")]]
+            picked.append({"workload": " ".join([name, *case]), "implementation": f"{r['impl']} vs {r['baseline']}",
+                           "speedup": r["speedup"]})
+    return picked
 
 
 def run_kernel_scripts(out_dir, record, smoke):
@@ -81,7 +76,7 @@ def run_kernel_scripts(out_dir, record, smoke):
 
 
 def run(args):
-    from ..bench.measure import device_record
+    from ..bench.measure import device_record, roofline_peak
     from ..bench.report import describe, plot, table, write
     from ..bench.workloads import sample_workloads, train_workloads
     from ..telemetry import nvml_snapshot
@@ -93,7 +88,7 @@ def run(args):
               "about GPU throughput.")
     record = device_record()
     print(describe(record))
-    peak = record["roofline"]["bf16_tflops"] if record["roofline"] and cuda else None
+    peak = roofline_peak(record, "bf16_tflops") if cuda else None
     results = []
     if args.what in ("train", "all"):
         results += train_workloads(model, args.batch or (256 if cuda else 2), device, args.warmup, args.repeats)
