@@ -23,13 +23,13 @@ class LoadReport:
         return "; ".join(lines)
 
 
-def read_state_dict(path: str, trusted: bool = False) -> dict:
-    """The tensors of a checkpoint file: its "model" or "state_dict" entry if it has one.
-    Official MAGE checkpoints also pickle their argparse arguments, which are allowed; other
-    objects need trusted=True (a full unpickle: only for files you trust)."""
+def read_file(path: str, trusted: bool = False):
+    """What a checkpoint file holds, on the CPU. Official MAGE checkpoints (and ours) also
+    pickle their argparse arguments, which are allowed; other objects need trusted=True (a
+    full unpickle: only for files you trust)."""
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=not trusted)
+            return torch.load(path, map_location="cpu", weights_only=not trusted)
         except FileNotFoundError:
             raise FileNotFoundError(f"checkpoint not found: {path}") from None
         except Exception as e:  # an UnpicklingError names the offending global
@@ -37,6 +37,11 @@ def read_state_dict(path: str, trusted: bool = False) -> dict:
                 raise
             raise ValueError(f"{path} holds objects beyond tensors ({e}); if you trust the "
                              "file, load it with trusted=True") from None
+
+
+def read_state_dict(path: str, trusted: bool = False) -> dict:
+    """The tensors of a checkpoint file: its "model" or "state_dict" entry if it has one."""
+    ckpt = read_file(path, trusted)
     for entry in ("model", "state_dict"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(entry), dict):
             return ckpt[entry]

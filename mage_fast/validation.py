@@ -6,6 +6,9 @@ import torch
 
 from .configs import CODEBOOK_SIZE, IMAGE_SIZE, MASK_ID, NUM_TOKENS
 
+FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
+INDEX_TYPES = (torch.int32, torch.int64)
+
 
 def describe(x) -> str:
     """What x is, for error messages."""
@@ -16,6 +19,17 @@ def values_checkable(t: torch.Tensor) -> bool:
     """Whether checking t's values is free: on CPU in eager mode. On a GPU it is a host sync,
     which a training step avoids, and under torch.compile a data-dependent branch."""
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def check_tensor(name, t, dtypes, shape, device=None):
+    """t is a tensor of one of dtypes whose shape matches `shape` (None matches any size)."""
+    if not isinstance(t, torch.Tensor) or t.dtype not in dtypes:
+        raise ValueError(f"{name} must be a tensor of {', '.join(map(str, dtypes))}, got {describe(t)}")
+    if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)) or t.numel() == 0:
+        want = ", ".join("*" if s is None else str(s) for s in shape)
+        raise ValueError(f"{name} must have shape [{want}] and be non-empty, got {list(t.shape)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} must be on {device} like the other inputs, got {t.device}")
 
 
 def check_images(images, values: bool = True):

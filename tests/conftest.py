@@ -8,8 +8,15 @@ import os
 import pytest
 import torch
 
+from helpers import INTERPRETER_VARIABLES
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _no_interpreter(mp: pytest.MonkeyPatch):
+    for name in INTERPRETER_VARIABLES:
+        mp.delenv(name, raising=False)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -17,9 +24,14 @@ def _interpret_only_kernel_tests(request):
     """Module-scoped, so it runs before the module's own module-scoped fixtures."""
     with pytest.MonkeyPatch.context() as mp:
         if request.node.get_closest_marker("triton") is None:
-            mp.delenv("TRITON_INTERPRET", raising=False)
-            mp.delenv("MAGE_FAST_TRITON_INTERPRET", raising=False)
+            _no_interpreter(mp)
         yield
+
+
+@pytest.fixture
+def no_interpreter(monkeypatch):
+    """This test runs as on a CPU machine without the interpreter: the ops' PyTorch paths."""
+    _no_interpreter(monkeypatch)
 
 
 def pytest_collection_modifyitems(config, items):

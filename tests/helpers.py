@@ -8,6 +8,14 @@ import sys
 
 import torch
 
+# What makes Triton kernels run on CPU tensors (mage_fast.backends.interpreting).
+INTERPRETER_VARIABLES = ("TRITON_INTERPRET", "MAGE_FAST_TRITON_INTERPRET")
+
+
+def env_without_interpreter() -> dict:
+    """os.environ for a child process that must take the ops' PyTorch paths, or compile kernels."""
+    return {k: v for k, v in os.environ.items() if k not in INTERPRETER_VARIABLES}
+
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64; NaN anywhere gives inf (never passes)."""
@@ -83,7 +91,7 @@ def compile_for_gpus(module: str, kernel: str, signature: dict, constexprs: dict
     (compiled with `constexprs`) or a triton.autotune wrapper: then every config it would try on
     a GPU, each adding its block sizes to `constexprs`. Runs in a fresh process: under
     TRITON_INTERPRET the kernels are not compilable objects, and the autotuners hold one config."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MAGE_FAST_TRITON_INTERPRET")}
+    env = env_without_interpreter()
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     spec = json.dumps({"module": module, "kernel": kernel, "signature": signature,
                        "constexprs": constexprs, "archs": list(archs)})

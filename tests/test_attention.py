@@ -44,11 +44,9 @@ def kernels_only(monkeypatch):
 
 
 @pytest.fixture
-def pytorch_path(monkeypatch):
+def pytorch_path(monkeypatch, no_interpreter):
     """CPU tensors take the PyTorch path (as without the interpreter); the kernels must not run."""
     monkeypatch.setattr(OPS, "_attention_pytorch", FALLBACK)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("MAGE_FAST_TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(OPS, "fused_attention", _unexpected)
     assert OPS.triton_backend("cpu")[0] == "pytorch"
 

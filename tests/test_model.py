@@ -96,8 +96,13 @@ def test_mlm_loss_against_the_materialised_reference(monkeypatch):
         assert rel_err(got, want) < 1e-6
         for a, b in zip(got_grads, torch.autograd.grad(want, (h, bias))):
             assert rel_err(a, b) < 1e-5
-    for bad, match in ((dict(weight=weight[:, :32]), "share D"), (dict(targets=targets.float()), "integer"),
-                       (dict(targets=targets + 1024), r"\[0, 1024\)"), (dict(row_weights=rows[:10]), "row_weights"),
+    for bad, match in ((dict(weight=weight[:, :32]), r"weight must have shape \[\*, 64\]"),
+                       (dict(h=h.long()), "h must be a tensor of torch.float32"),
+                       (dict(bias=bias[:10]), r"bias must have shape \[1024\]"),
+                       (dict(targets=targets.float()), "targets must be a tensor of torch.int32, torch.int64"),
+                       (dict(targets=targets.to("meta")), "targets must be on cpu"),
+                       (dict(targets=targets + 1024), r"\[0, 1024\)"),
+                       (dict(row_weights=rows[:10]), r"row_weights must have shape \[300\]"),
                        (dict(smoothing=1.0), "smoothing")):
         args = {**dict(h=h, weight=weight, bias=bias, targets=targets), **bad}
         with pytest.raises(ValueError, match=match):

@@ -17,6 +17,7 @@ from mage_fast.data import EvalTransform, ImageFolder, TrainTransform
 from mage_fast.recognition import (LARS, FeatureSet, build_encoder, extract_features, load_encoder,
                                    load_features, lr_at, save_features)
 from mage_fast import mage_vit_tiny_test
+from helpers import env_without_interpreter
 
 COLOURS = {"blue": (40, 40, 200), "green": (40, 200, 40), "red": (200, 40, 40)}
 PER_CLASS, CHUNK = 6, 4
@@ -56,8 +57,7 @@ def features_cmd(launcher, folder, out):
 def cli_env():
     # One thread in every run, as torchrun gives each of its processes: the same arithmetic.
     # No interpreter (a module-scoped fixture can run before conftest clears it): PyTorch paths.
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MAGE_FAST_TRITON_INTERPRET")}
-    return {**env, "OMP_NUM_THREADS": "1"}
+    return {**env_without_interpreter(), "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="session")

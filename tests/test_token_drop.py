@@ -219,9 +219,7 @@ def test_tiny_training_forward_from_the_pieces(images):
 
 
 # ---------------------------------------------------------------- dispatch, registration, checks
-def test_pytorch_fallback_without_the_interpreter(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("MAGE_FAST_TRITON_INTERPRET", raising=False)
+def test_pytorch_fallback_without_the_interpreter(no_interpreter):
     assert backend_report("cpu")["token_drop"]["implementation"] == "pytorch"
     noise = tie_free_noise(3, 30)
     keep_index, masked = mask_sets(noise, 128, torch.tensor(190))

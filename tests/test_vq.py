@@ -104,9 +104,7 @@ def test_kernel_level_launcher():
     assert torch.equal(ids, vq_nearest_ref(z, codebook))
 
 
-def test_pytorch_fallback_without_the_interpreter(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("MAGE_FAST_TRITON_INTERPRET", raising=False)
+def test_pytorch_fallback_without_the_interpreter(no_interpreter):
     impl, reason = triton_backend("cpu")
     assert impl == "pytorch" and "TRITON_INTERPRET" in reason
     assert backend_report("cpu")["vq_nearest"]["implementation"] == "pytorch"

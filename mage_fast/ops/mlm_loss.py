@@ -14,7 +14,7 @@ import torch
 
 from ..backends import register_op
 from ..reference.layers import label_smoothed_nll
-from ..validation import values_checkable
+from ..validation import FLOAT_TYPES, INDEX_TYPES, check_tensor, values_checkable
 
 CHUNK_ROWS = 8192  # 32 MB of fp32 logits at 1024 columns
 
@@ -78,17 +78,13 @@ def mlm_loss(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets:
     """h [R, D] head hidden states, weight [V, D] (no gradient), bias [V], targets [R] int64,
     row_weights [R] (0/1 masks; default all 1) -> the weighted mean loss, a scalar.
     Gradients flow to h and bias."""
-    if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1]:
-        raise ValueError(f"h [R, D] and weight [V, D] must share D, got {list(h.shape)} and {list(weight.shape)}")
-    if bias.shape != (weight.shape[0],) or targets.shape != (h.shape[0],):
-        raise ValueError(f"bias must be [{weight.shape[0]}] and targets [{h.shape[0]}], got "
-                         f"{list(bias.shape)} and {list(targets.shape)}")
-    if targets.is_floating_point() or targets.dtype == torch.bool:
-        raise ValueError(f"targets must be integer class ids, got {targets.dtype}")
-    if row_weights is not None and row_weights.shape != (h.shape[0],):
-        raise ValueError(f"row_weights must be [{h.shape[0]}], got {list(row_weights.shape)}")
-    if len({t.device for t in (h, weight, bias, targets) + ((row_weights,) if row_weights is not None else ())}) > 1:
-        raise ValueError("h, weight, bias, targets and row_weights must be on one device")
+    check_tensor("h", h, FLOAT_TYPES, (None, None))
+    rows, dim = h.shape
+    check_tensor("weight", weight, FLOAT_TYPES, (None, dim), h.device)
+    check_tensor("bias", bias, FLOAT_TYPES, (weight.shape[0],), h.device)
+    check_tensor("targets", targets, INDEX_TYPES, (rows,), h.device)
+    if row_weights is not None:
+        check_tensor("row_weights", row_weights, FLOAT_TYPES + (torch.bool,), (rows,), h.device)
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
     # An out-of-range target would be a device-side assert on a GPU: checked where it is free.

@@ -25,30 +25,18 @@ import torch.nn.functional as F
 from ..backends import register_op, triton_backend, uses_triton
 from ..configs import CODEBOOK_SIZE, MASK_ID, NUM_TOKENS, SEQ_LEN, VOCAB_SIZE
 from ..reference.model import keep_rows, restore_slots, threshold_sets, with_class_token
-from ..validation import describe, values_checkable
-from .vq import FLOAT_TYPES
+from ..validation import FLOAT_TYPES, INDEX_TYPES, check_tensor, describe, values_checkable
 
 register_op("token_drop")(triton_backend)
 
 Tensor = torch.Tensor
-INDEX_TYPES = (torch.int32, torch.int64)
 
 
 # ---------------------------------------------------------------- input checks
-def _check_tensor(name, t, dtypes, shape, device=None):
-    """t is a tensor of one of dtypes whose shape matches `shape` (None matches any size)."""
-    if not isinstance(t, torch.Tensor) or t.dtype not in dtypes:
-        raise ValueError(f"{name} must be a tensor of {', '.join(map(str, dtypes))}, got {describe(t)}")
-    if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)) or t.numel() == 0:
-        want = ", ".join("*" if s is None else str(s) for s in shape)
-        raise ValueError(f"{name} must have shape [{want}] and be non-empty, got {list(t.shape)}")
-    if device is not None and t.device != device:
-        raise ValueError(f"{name} must be on {device} like the other inputs, got {t.device}")
-
 
 def _check_sets(keep_index, masked, batch, device):
-    _check_tensor("masked", masked, (torch.bool,), (batch, SEQ_LEN), device)
-    _check_tensor("keep_index", keep_index, INDEX_TYPES, (batch, None), device)
+    check_tensor("masked", masked, (torch.bool,), (batch, SEQ_LEN), device)
+    check_tensor("keep_index", keep_index, INDEX_TYPES, (batch, None), device)
     if keep_index.shape[1] > SEQ_LEN:
         raise ValueError(f"keep_index holds at most {SEQ_LEN} slots, got {keep_index.shape[1]}")
     if values_checkable(keep_index) and not (bool((keep_index[:, 0] == 0).all()) and bool((keep_index < SEQ_LEN).all())
@@ -57,11 +45,11 @@ def _check_sets(keep_index, masked, batch, device):
 
 
 def _check_counts(noise, num_dropped, num_masked):
-    _check_tensor("noise", noise, FLOAT_TYPES + (torch.float64,), (None, NUM_TOKENS))
+    check_tensor("noise", noise, FLOAT_TYPES + (torch.float64,), (None, NUM_TOKENS))
     if not isinstance(num_dropped, int) or isinstance(num_dropped, bool) or not 1 <= num_dropped <= NUM_TOKENS:
         raise ValueError(f"num_dropped must be an int in [1, {NUM_TOKENS}], got {num_dropped!r}")
     if isinstance(num_masked, torch.Tensor):
-        _check_tensor("num_masked", num_masked.reshape(-1), (torch.int64,), (1,), noise.device)
+        check_tensor("num_masked", num_masked.reshape(-1), (torch.int64,), (1,), noise.device)
         if not values_checkable(num_masked):
             return
         num_masked = int(num_masked)
@@ -73,22 +61,22 @@ def _check_counts(noise, num_dropped, num_masked):
 
 
 def _check_embed(ids, masked, keep_index, word, pos, weight, bias):
-    _check_tensor("word_embeddings", word, FLOAT_TYPES, (None, None))
+    check_tensor("word_embeddings", word, FLOAT_TYPES, (None, None))
     dim, device = word.shape[1], word.device
     if word.shape[0] < VOCAB_SIZE:
         raise ValueError(f"word_embeddings needs {VOCAB_SIZE} rows (codebook, class slots, mask), got {word.shape[0]}")
     for name, t, shape in (("position_embeddings", pos, (SEQ_LEN, dim)), ("ln_weight", weight, (dim,)),
                            ("ln_bias", bias, (dim,))):
-        _check_tensor(name, t, (word.dtype,), shape, device)
-    _check_tensor("ids", ids, INDEX_TYPES, (None, NUM_TOKENS), device)
+        check_tensor(name, t, (word.dtype,), shape, device)
+    check_tensor("ids", ids, INDEX_TYPES, (None, NUM_TOKENS), device)
     _check_sets(keep_index, masked, ids.shape[0], device)
     if values_checkable(ids) and not bool(((ids >= 0) & (ids < CODEBOOK_SIZE)).all()):
         raise ValueError(f"ids must be codebook ids in [0, {CODEBOOK_SIZE})")
 
 
 def _check_restore(x, keep_index, masked, pos_embed):
-    _check_tensor("x", x, FLOAT_TYPES, (None, None, None))
-    _check_tensor("pos_embed", pos_embed, FLOAT_TYPES, (1, SEQ_LEN, x.shape[2]), x.device)
+    check_tensor("x", x, FLOAT_TYPES, (None, None, None))
+    check_tensor("pos_embed", pos_embed, FLOAT_TYPES, (1, SEQ_LEN, x.shape[2]), x.device)
     _check_sets(keep_index, masked, x.shape[0], x.device)
     if keep_index.shape[1] != x.shape[1]:
         raise ValueError(f"x must have one row per kept slot ({keep_index.shape[1]}), got {x.shape[1]}")

@@ -7,9 +7,8 @@ import torch
 
 from ..backends import register_op, triton_backend, uses_triton
 from ..reference.vqgan import nearest_code
-from ..validation import describe
+from ..validation import FLOAT_TYPES, describe
 
-FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 # How the Triton kernel forms z.e: "ieee", true fp32 on the FMA units (the default, what the
 # official code computes); "tf32x3", fp32 emulated on the tensor cores (see kernels/vq.py).
 PRECISIONS = ("ieee", "tf32x3")

@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from ..checkpoint import read_file
 from ..files import atomic_write
 from .batches import TrainOrder
 
@@ -61,8 +62,7 @@ def restore(path: str, model, optimizer, scaler, order: TrainOrder) -> int:
     """Load a checkpoint of `mage-fast train` into the run; returns the step to continue at.
     The data order must be the one the checkpoint was made in (the world size may change if
     the global batch stays the same)."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_file(path)
     state = ckpt.get("train_state") if isinstance(ckpt, dict) else None
     if state is None:
         raise ValueError(f"{path} is not a checkpoint of `mage-fast train` (no train_state); "
