@@ -2,7 +2,8 @@
 # A GPU session in short calls, each well inside a 10-minute limit, on a machine with torch,
 # triton and nvcc (no network): build the CUDA extension, run the GPU tests, run the benchmarks.
 # Everything lands in $OUT (default /tmp/mage-fast-gpu) as logs and one results.tgz to unpack
-# into benchmarks/results/ and commit. Every stage builds first if the build is missing, so
+# into benchmarks/results/ and commit; after each bench stage, benchmarks/collect.py merges the
+# tables so far into benchmarks/results/<device>-<date>.{json,md,png}. Every stage builds first if the build is missing, so
 # they can run in any order; run them back to back so the machine stays warm.
 #
 #   bash benchmarks/gpu_session.sh build           # pre-flight, build, `mage-fast info`, every benchmark --smoke
@@ -84,5 +85,7 @@ case "${1:-}" in
     echo "usage: $0 build|test-attention|test-kernels|test-models|test-rest|bench-attention|bench-kernels|bench-train|bench-sample"
     exit 2 ;;
 esac
+# Each bench stage adds its tables to <device>-<date>.{json,md,png}, the report of the whole session.
+case "${1:-}" in bench-*) (cd benchmarks && $PY collect.py) 2>&1 | tee -a "$OUT/collect.log" || status=1 ;; esac
 tar czf "$OUT/results.tgz" -C benchmarks results
 exit $status

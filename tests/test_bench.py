@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from mage_fast.bench import measure
-from mage_fast.bench.report import describe, table
+from mage_fast.bench.report import collect, describe, speedup_bars, table
 from mage_fast.bench.workloads import Result, _largest_batch_that_fits
 from mage_fast.cli import main
-from mage_fast.cli.bench import kernel_speedups
 from mage_fast.roofline import roofline_for
 from mage_fast.telemetry import nvml_snapshot
 
@@ -33,8 +32,8 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
         assert math.isclose(r["images_per_s"], r["batch"] / (r["median_ms"] / 1e3))
         assert r["mfu"] is None                                # no roofline for a CPU
     for kernel in ("attention", "vq", "token_drop", "decode_step", "mlm_loss"):
-        rows = record["sections"][f"kernel: {kernel}"]
-        assert kernel_speedups(kernel, rows), kernel  # our rows follow the scripts' shared convention
+        rows = record["sections"][kernel]
+        assert speedup_bars(kernel, rows), kernel  # our rows follow the scripts' shared convention
     assert (tmp_path / (next(tmp_path.glob("cpu-*[0-9].json")).stem + ".md")).exists()
 
 
@@ -58,8 +57,7 @@ def test_compare_rates_fractions_and_speedups(monkeypatch):
     assert (slow["tflops"], slow["of_peak"], slow["gb_s"], slow["of_hbm"]) == (500.0, 0.5, 500.0, 0.25)
     assert (slow["speedup"], fast["speedup"], fast["baseline"]) == (1.0, 4.0, "torch")
     assert measure.compare(impls, {}, {"roofline": None}, flop=1e12)[0]["of_peak"] is None
-    plotted = kernel_speedups("vq", [slow, fast])
-    assert plotted == [{"workload": "vq 4x4", "implementation": "mage_fast vs torch", "speedup": 4.0}]
+    assert speedup_bars("vq", [slow, fast]) == [("vq 4x4: mage_fast vs torch", 4.0)]
 
 
 @pytest.mark.parametrize("name,roof,tflops,tbps", [
@@ -102,16 +100,32 @@ def test_table_shows_missing_values_as_dashes():
     assert text.splitlines()[-1].split() == ["1.23", "-", "-"]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU smoke run of the script")
-def test_train_benchmark_script_runs(tmp_path):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU smoke run of the scripts")
+def test_scripts_run_in_stages_and_collect_into_one_report(tmp_path):
+    """As a GPU session runs them: one script per call, then collect.py merges their files."""
     import os
     import subprocess
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "bench_train.py", "--smoke", "--repeats", "1", "--results-dir", str(tmp_path)],
-                          cwd=os.path.join(root, "benchmarks"), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(next(tmp_path.glob("*-train-mage_vit_tiny_test.json")).read_text())["sections"]
-    assert {r["implementation"] for r in next(iter(rows.values()))} == {"reference fp32", "fast fp32"}
+    benchmarks = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+    def script(*args):
+        proc = subprocess.run([sys.executable, *args], cwd=benchmarks, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+    script("bench_vq.py", "--smoke", "--results-dir", str(tmp_path))
+    script("bench_train.py", "--smoke", "--repeats", "1", "--results-dir", str(tmp_path))
+    train = json.loads(next(tmp_path.glob("*-train-mage_vit_tiny_test.json")).read_text())
+    assert {r["implementation"] for r in train["sections"]["train-mage_vit_tiny_test"]} == {"reference fp32", "fast fp32"}
+    prefix = next(tmp_path.glob("*-vq.json")).name[:-len("-vq.json")]
+    out = script("collect.py", "--results-dir", str(tmp_path), "--prefix", prefix)
+    merged = json.loads((tmp_path / f"{prefix}.json").read_text())
+    assert list(merged["sections"]) == ["train-mage_vit_tiny_test", "vq"]  # the report's order, not the files'
+    assert merged["columns"]["vq"][:2] == ["shape", "impl"] and merged["device"] == "cpu"
+    md = (tmp_path / f"{prefix}.md").read_text()
+    assert "## train-mage_vit_tiny_test" in md and "## vq" in md and "mage_fast vq_nearest" in md
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / f"{prefix}.png").stat().st_size > 0 and f"{prefix}.png" in out
+    with pytest.raises(FileNotFoundError, match="no results"):
+        collect(str(tmp_path), "elsewhere-2000-01-01")
 
 
 def test_a_case_out_of_memory_runs_at_a_smaller_batch(caplog):

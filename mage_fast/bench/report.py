@@ -1,4 +1,5 @@
 """What a benchmark run leaves: a table on the terminal, and <device>-<date>[-name].{json,md,png}."""
+import glob
 import json
 import logging
 import math
@@ -43,7 +44,8 @@ def write(out_dir: str, record: dict, sections: Dict[str, tuple], name: Optional
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, stem(record, name))
     with open(path + ".json", "w") as f:
-        json.dump({**record, "sections": {t: rows for t, (rows, _) in sections.items()}}, f, indent=2, default=str)
+        json.dump({**record, "sections": {t: rows for t, (rows, _) in sections.items()},
+                   "columns": {t: columns for t, (_, columns) in sections.items()}}, f, indent=2, default=str)
     with open(path + ".md", "w") as f:
         f.write(f"# {record['device']}, {record['date']}\n\n{describe(record)}\n")
         for title, (rows, columns) in sections.items():
@@ -68,9 +70,27 @@ def describe(record: dict) -> str:
     return "; ".join(parts) + "."
 
 
-def plot(path: str, rows: List[Dict], title: str = "") -> Optional[str]:
-    """A bar chart of speed-ups (ours over the baseline, per workload or kernel) to path.png;
-    None, with a log line, when matplotlib (the 'plot' extra) is missing."""
+def speedup_bars(title: str, rows: List[Dict]) -> List[tuple]:
+    """(label, speed-up) of each of our rows in a section. Model workloads name their
+    implementation and baseline; the kernel scripts share a convention: the fields before
+    "impl" name the case, our implementations' names begin with "mage_fast", and "speedup" is
+    over the row's "baseline"."""
+    bars = []
+    for r in rows:
+        if not r.get("speedup"):
+            continue
+        if "implementation" in r:
+            if r.get("baseline") != r["implementation"]:
+                bars.append((f"{r['workload']}: {r['implementation']}", r["speedup"]))
+        elif r["impl"].startswith("mage_fast"):
+            case = [str(v) for v in list(r.values())[:list(r).index("impl")]]
+            bars.append((f"{' '.join([title, *case])}: {r['impl']} vs {r['baseline']}", r["speedup"]))
+    return bars
+
+
+def plot(path: str, sections: Dict[str, tuple], title: str = "") -> Optional[str]:
+    """A bar chart of our speed-ups over the baselines, every section's, to path.png; None, with
+    a log line, when matplotlib (the 'plot' extra) is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -78,8 +98,7 @@ def plot(path: str, rows: List[Dict], title: str = "") -> Optional[str]:
     except ImportError:
         log.info("matplotlib is not installed (pip install mage-fast[plot]): no plot")
         return None
-    bars = [(f"{r['workload']}: {r['implementation']}", r["speedup"]) for r in rows
-            if r.get("speedup") and r.get("baseline") != r["implementation"]]
+    bars = [bar for t, (rows, _) in sections.items() for bar in speedup_bars(t, rows)]
     if not bars:
         return None
     # Horizontal bars, top to bottom in the tables' order: long labels stay readable.
@@ -98,3 +117,25 @@ def plot(path: str, rows: List[Dict], title: str = "") -> Optional[str]:
     fig.savefig(path + ".png", dpi=120)
     plt.close(fig)
     return path + ".png"
+
+
+# How a full run lists its sections; the model workloads' titles begin with these.
+SECTION_ORDER = ("train", "sampler", "attention", "vq", "token_drop", "decode_step", "mlm_loss")
+
+
+def collect(out_dir: str, prefix: str) -> List[str]:
+    """Merge the per-script results <prefix>-<name>.json (one device and date, e.g. a GPU
+    session run in short stages) into <prefix>.{json,md,png}; returns the files written."""
+    sections, record = {}, None
+    for path in glob.glob(glob.escape(os.path.join(out_dir, prefix)) + "-*.json"):
+        with open(path) as f:
+            data = json.load(f)
+        record = record or {k: v for k, v in data.items() if k not in ("sections", "columns")}
+        for title, rows in data["sections"].items():
+            sections[title] = (rows, data.get("columns", {}).get(title) or (list(rows[0]) if rows else []))
+    if not sections:
+        raise FileNotFoundError(f"no results {prefix}-*.json in {out_dir}")
+    rank = {name: i for i, name in enumerate(SECTION_ORDER)}
+    ordered = dict(sorted(sections.items(), key=lambda kv: (rank.get(kv[0].split("-")[0], len(rank)), kv[0])))
+    path = write(out_dir, record, ordered)
+    return [path + ".json", path + ".md"] + [p for p in [plot(path, ordered, describe(record)[:150])] if p]

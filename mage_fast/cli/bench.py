@@ -43,19 +43,6 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def kernel_speedups(name, rows):
-    """Rows for the plot: {workload, implementation, speedup} of each of our kernels' rows. The
-    scripts share a convention: the fields before "impl" name the case, our implementations'
-    names begin with "mage_fast", and "speedup" is over the row's "baseline"."""
-    picked = []
-    for r in rows:
-        if r["impl"].startswith("mage_fast") and r.get("speedup"):
-            case = [str(v) for v in list(r.values())[:list(r).index("impl")]]
-            picked.append({"workload": " ".join([name, *case]), "implementation": f"{r['impl']} vs {r['baseline']}",
-                           "speedup": r["speedup"]})
-    return picked
-
-
 def run_kernel_scripts(out_dir, record, smoke):
     """Run each benchmarks/bench_<kernel>.py; returns {name: (rows, columns)} from their JSON."""
     if not os.path.isdir(BENCHMARKS_DIR):
@@ -70,8 +57,8 @@ def run_kernel_scripts(out_dir, record, smoke):
         if proc.returncode:
             raise SystemExit(f"benchmarks/bench_{name}.py failed (exit {proc.returncode})")
         with open(os.path.join(out_dir, stem(record, name) + ".json")) as f:
-            rows = json.load(f)["sections"][name]
-        sections[name] = (rows, list(rows[0]) if rows else [])
+            data = json.load(f)
+        sections[name] = (data["sections"][name], data["columns"][name])
     return sections
 
 
@@ -97,17 +84,14 @@ def run(args):
     speed = {(r.workload, r.implementation): r.images_per_s for r in results}
     rows = [r.as_dict(peak, speed.get((r.workload, r.baseline))) for r in results]
     sections = {f"{model} workloads": (rows, COLUMNS)} if rows else {}
-    plotted = list(rows)
     if args.what in ("kernels", "all"):
         with tempfile.TemporaryDirectory() as tmp:
-            for name, section in run_kernel_scripts(args.out or tmp, record, smoke=not cuda).items():
-                sections[f"kernel: {name}"] = section
-                plotted += kernel_speedups(name, section[0])
+            sections.update(run_kernel_scripts(args.out or tmp, record, smoke=not cuda))
     record["nvml_after"] = nvml_snapshot()
     record["model"] = model
     if rows:
         print(f"\n{model} on {record['device']}\n{table(rows, COLUMNS)}")
     if args.out:
         path = write(args.out, record, sections)
-        written = [path + ".json", path + ".md"] + [p for p in [plot(path, plotted, describe(record)[:150])] if p]
+        written = [path + ".json", path + ".md"] + [p for p in [plot(path, sections, describe(record)[:150])] if p]
         print("wrote " + ", ".join(written))
