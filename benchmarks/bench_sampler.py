@@ -1,17 +1,16 @@
 """Sampling throughput (256x256, VQGAN decode included) at num_iter 20 and 12: the fast module in
 the CUDA-graph sampler at its maximum batch, against the reference run as the official script
 runs it (fp32 eager, batch 32, torch Categorical + numpy Gumbel) and the reference under bf16
-autocast at that batch. MFU from MAGE_SPEC's FLOP counts: T x ~78 GFLOP + ~187 GFLOP (MAGE-B).
+autocast at that batch; the fast sampler at batch 32 too, against that bf16 reference. MFU
+from MAGE_SPEC's FLOP counts: T x ~78 GFLOP + ~187 GFLOP (MAGE-B).
 
     python benchmarks/bench_sampler.py [--model mage_vit_base_patch16] [--batch N]
 """
 import torch
 
 from common import device_record, finish, roofline_peak, setup
-from mage_fast.bench.workloads import sample_workloads
+from mage_fast.bench.workloads import COLUMNS, sample_workloads
 from mage_fast.configs import CONFIGS
-
-COLUMNS = ["workload", "implementation", "batch", "images_per_s", "tflops", "mfu", "speedup", "peak_memory_gib"]
 
 
 def main():

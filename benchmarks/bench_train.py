@@ -8,11 +8,8 @@ attention scores). MFU from the FLOP count: 3x the transformer forward + the tok
 import torch
 
 from common import device_record, finish, roofline_peak, setup
-from mage_fast.bench.workloads import train_workloads
+from mage_fast.bench.workloads import COLUMNS, train_workloads
 from mage_fast.configs import CONFIGS
-
-COLUMNS = ["workload", "implementation", "batch", "median_ms", "images_per_s", "tflops", "mfu", "speedup",
-           "peak_memory_gib"]
 
 
 def main():

@@ -9,7 +9,7 @@ import torch
 
 from mage_fast.bench import measure
 from mage_fast.bench.report import collect, describe, speedup_bars, table
-from mage_fast.bench.workloads import Result, _largest_batch_that_fits
+from mage_fast.bench.workloads import Result, _largest_batch_that_fits, sample_workloads
 from mage_fast.cli import main
 from mage_fast.roofline import roofline_for
 from mage_fast.telemetry import nvml_snapshot
@@ -35,6 +35,16 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
         rows = record["sections"][kernel]
         assert speedup_bars(kernel, rows), kernel  # our rows follow the scripts' shared convention
     assert (tmp_path / (next(tmp_path.glob("cpu-*[0-9].json")).stem + ".md")).exists()
+
+
+def test_the_fast_sampler_is_also_timed_at_the_reference_batch():
+    """At a batch other than the reference's, a second fast row at the reference's batch gives
+    the same-batch comparison."""
+    rows = sample_workloads("mage_vit_tiny_test", 2, 2, torch.device("cpu"), warmup=0, repeats=1)
+    assert [(r.implementation, r.batch, r.baseline) for r in rows] == [
+        ("reference fp32 (official)", 1, "reference fp32 (official)"),
+        ("fast sampler float32", 2, "reference fp32 (official)"),
+        ("fast sampler float32", 1, "reference fp32 (official)")]
 
 
 def test_throughput_and_mfu_arithmetic():

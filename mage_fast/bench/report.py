@@ -81,7 +81,7 @@ def speedup_bars(title: str, rows: List[Dict]) -> List[tuple]:
             continue
         if "implementation" in r:
             if r.get("baseline") != r["implementation"]:
-                bars.append((f"{r['workload']}: {r['implementation']}", r["speedup"]))
+                bars.append((f"{r['workload']} B{r['batch']}: {r['implementation']} vs {r['baseline']}", r["speedup"]))
         elif r["impl"].startswith("mage_fast"):
             case = [str(v) for v in list(r.values())[:list(r).index("impl")]]
             bars.append((f"{' '.join([title, *case])}: {r['impl']} vs {r['baseline']}", r["speedup"]))

@@ -18,8 +18,6 @@ import torch
 from ..bench.report import stem
 from ..configs import CONFIGS
 
-COLUMNS = ["workload", "implementation", "batch", "median_ms", "images_per_s", "tflops", "mfu",
-           "peak_memory_gib", "speedup"]
 KERNEL_SCRIPTS = ("attention", "vq", "token_drop", "decode_step", "mlm_loss")
 BENCHMARKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                               "benchmarks")
@@ -65,7 +63,7 @@ def run_kernel_scripts(out_dir, record, smoke):
 def run(args):
     from ..bench.measure import device_record, roofline_peak
     from ..bench.report import describe, plot, table, write
-    from ..bench.workloads import sample_workloads, train_workloads
+    from ..bench.workloads import COLUMNS, sample_workloads, train_workloads
     from ..telemetry import nvml_snapshot
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
