@@ -4,11 +4,18 @@ runs it (fp32 eager, batch 32, torch Categorical + numpy Gumbel) and the referen
 autocast at that batch; the fast sampler at batch 32 too, against that bf16 reference. MFU
 from MAGE_SPEC's FLOP counts: T x ~78 GFLOP + ~187 GFLOP (MAGE-B).
 
+Also the VQGAN decode alone, in NCHW and in channels_last (the sampler's choice), time and peak
+memory at batch 32: convolutions prefer channels_last on tensor cores, but a GroupNorm that
+only takes NCHW would copy the activations back and forth, costing time and, through peak
+memory, the maximum batch.
+
     python benchmarks/bench_sampler.py [--model mage_vit_base_patch16] [--batch N]
 """
 import torch
 
-from common import device_record, finish, roofline_peak, setup
+import copy
+
+from common import compare, device_record, finish, roofline_peak, setup
 from mage_fast.bench.workloads import COLUMNS, sample_workloads
 from mage_fast.configs import CONFIGS
 
@@ -29,6 +36,28 @@ def main():
         base = {r.implementation: r.images_per_s for r in results}
         rows += [r.as_dict(peak, base[r.baseline]) for r in results]
     finish(f"sampler-{model}", rows, COLUMNS, args, record)
+    finish(f"sampler-decode-{model}", decode_layouts(model, 1 if args.smoke else 32, device, record),
+           ["workload", "batch", "impl", "ms", "ms_p20", "ms_p80", "peak_gib", "speedup"], args, record)
+
+
+def decode_layouts(model_name, batch, device, record):
+    """Rows of compare(): the VQGAN decoder in NCHW (baseline) and channels_last, under the
+    sampler's autocast (bf16 on a GPU)."""
+    from mage_fast.reference.vqgan import VQGAN
+    cfg = CONFIGS[model_name].vqgan
+    vqgan = VQGAN(cfg).to(device).eval()
+    z = vqgan.quantize.lookup(torch.randint(0, cfg.codebook_size, (batch, 256), device=device))
+
+    def decode(layout):
+        decoder, x = copy.deepcopy(vqgan.decoder).to(memory_format=layout), z.contiguous(memory_format=layout)
+
+        @torch.no_grad()
+        def run():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                return decoder(x)
+        return run
+    impls = {"NCHW": decode(torch.contiguous_format), "mage_fast sampler (channels_last)": decode(torch.channels_last)}
+    return compare(impls, {"workload": "vqgan decode", "batch": batch}, record)
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def test_benchmark_script_runs():
     proc = subprocess.run([sys.executable, "bench_sampler.py", "--smoke", "--repeats", "1"],
                           cwd=os.path.join(root, "benchmarks"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "fast sampler" in proc.stdout and "official" in proc.stdout
+    assert "fast sampler" in proc.stdout and "official" in proc.stdout and "sampler (channels_last)" in proc.stdout
 
 
 def test_edit_command_inpaints_under_the_mask(tmp_path):
