@@ -24,7 +24,8 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
     for key in ("device", "date", "versions", "nvml", "nvml_after", "roofline", "model", "sections"):
         assert key in record, key
     assert record["model"] == "mage_vit_tiny_test" and record["roofline"] is None
-    rows = record["sections"]["mage_vit_tiny_test workloads"]
+    assert list(record["sections"])[0] == "workloads-mage_vit_tiny_test"
+    rows = record["sections"]["workloads-mage_vit_tiny_test"]
     assert {r["implementation"] for r in rows} == {"reference fp32", "fast fp32", "reference fp32 (official)",
                                                     "fast sampler float32"}
     for r in rows:

@@ -120,22 +120,23 @@ def plot(path: str, sections: Dict[str, tuple], title: str = "") -> Optional[str
 
 
 # How a full run lists its sections; the model workloads' titles begin with these.
-SECTION_ORDER = ("train", "sampler", "attention", "vq", "token_drop", "decode_step", "mlm_loss")
+SECTION_ORDER = ("workloads", "train", "sampler", "attention", "vq", "token_drop", "decode_step", "mlm_loss")
 
 
 def collect(out_dir: str, prefix: str) -> List[str]:
     """Merge the per-script results <prefix>-<name>.json (one device and date, e.g. a GPU
     session run in short stages) into <prefix>.{json,md,png}; returns the files written."""
-    sections, record = {}, None
+    rank = {name: i for i, name in enumerate(SECTION_ORDER)}
+    files = []
     for path in glob.glob(glob.escape(os.path.join(out_dir, prefix)) + "-*.json"):
         with open(path) as f:
             data = json.load(f)
-        record = record or {k: v for k, v in data.items() if k not in ("sections", "columns")}
-        for title, rows in data["sections"].items():
-            sections[title] = (rows, data.get("columns", {}).get(title) or (list(rows[0]) if rows else []))
-    if not sections:
+        files += [(rank.get(title.split("-")[0], len(rank)), title, data) for title in data["sections"]]
+    if not files:
         raise FileNotFoundError(f"no results {prefix}-*.json in {out_dir}")
-    rank = {name: i for i, name in enumerate(SECTION_ORDER)}
-    ordered = dict(sorted(sections.items(), key=lambda kv: (rank.get(kv[0].split("-")[0], len(rank)), kv[0])))
-    path = write(out_dir, record, ordered)
-    return [path + ".json", path + ".md"] + [p for p in [plot(path, ordered, describe(record)[:150])] if p]
+    files.sort(key=lambda f: f[:2])
+    # The record (device, versions, telemetry) of the first table: `mage-fast bench`'s, if it ran.
+    record = {k: v for k, v in files[0][2].items() if k not in ("sections", "columns")}
+    sections = {title: (data["sections"][title], data["columns"][title]) for _, title, data in files}
+    path = write(out_dir, record, sections)
+    return [path + ".json", path + ".md"] + [p for p in [plot(path, sections, describe(record)[:150])] if p]

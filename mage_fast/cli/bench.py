@@ -7,7 +7,6 @@ sampling: the reference run as the official script runs it). Device telemetry (N
 driver, clocks, power, temperature) is recorded before and after. On CUDA the model is MAGE-B;
 on CPU the tiny test configuration, whose numbers only show that everything runs.
 """
-import json
 import os
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import tempfile
 
 import torch
 
-from ..bench.report import stem
 from ..configs import CONFIGS
 
 KERNEL_SCRIPTS = ("attention", "vq", "token_drop", "decode_step", "mlm_loss")
@@ -37,32 +35,29 @@ def register(sub):
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per workload (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--out", metavar="DIR", help="write <device>-<date>.{json,md,png} there (e.g. benchmarks/results)")
+    p.add_argument("--out", metavar="DIR", help="write each part's <device>-<date>-<part>.{json,md} there (e.g. benchmarks/results) and "
+                   "merge that day's into <device>-<date>.{json,md,png}")
     p.set_defaults(func=run)
 
 
-def run_kernel_scripts(out_dir, record, smoke):
-    """Run each benchmarks/bench_<kernel>.py; returns {name: (rows, columns)} from their JSON."""
+def run_kernel_scripts(out_dir, smoke):
+    """Run each benchmarks/bench_<kernel>.py, which prints its table and writes its results to
+    out_dir."""
     if not os.path.isdir(BENCHMARKS_DIR):
         print(f"kernels: skipped, the benchmark scripts are not here ({BENCHMARKS_DIR} is missing: "
               "run from a checkout of the repository)")
-        return {}
-    sections = {}
+        return
     for name in KERNEL_SCRIPTS:
         cmd = [sys.executable, f"bench_{name}.py", "--results-dir", out_dir] + (["--smoke"] if smoke else [])
         print(f"\n== kernel benchmark: {name}", flush=True)
         proc = subprocess.run(cmd, cwd=BENCHMARKS_DIR, text=True)
         if proc.returncode:
             raise SystemExit(f"benchmarks/bench_{name}.py failed (exit {proc.returncode})")
-        with open(os.path.join(out_dir, stem(record, name) + ".json")) as f:
-            data = json.load(f)
-        sections[name] = (data["sections"][name], data["columns"][name])
-    return sections
 
 
 def run(args):
     from ..bench.measure import device_record, roofline_peak
-    from ..bench.report import describe, plot, table, write
+    from ..bench.report import collect, describe, stem, table, write
     from ..bench.workloads import COLUMNS, sample_workloads, train_workloads
     from ..telemetry import nvml_snapshot
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -81,15 +76,15 @@ def run(args):
         results += sample_workloads(model, args.sample_batch, args.num_iter, device, args.warmup, args.repeats)
     speed = {(r.workload, r.implementation): r.images_per_s for r in results}
     rows = [r.as_dict(peak, speed.get((r.workload, r.baseline))) for r in results]
-    sections = {f"{model} workloads": (rows, COLUMNS)} if rows else {}
     if args.what in ("kernels", "all"):
         with tempfile.TemporaryDirectory() as tmp:
-            sections.update(run_kernel_scripts(args.out or tmp, record, smoke=not cuda))
+            run_kernel_scripts(args.out or tmp, smoke=not cuda)
     record["nvml_after"] = nvml_snapshot()
     record["model"] = model
     if rows:
         print(f"\n{model} on {record['device']}\n{table(rows, COLUMNS)}")
     if args.out:
-        path = write(args.out, record, sections)
-        written = [path + ".json", path + ".md"] + [p for p in [plot(path, sections, describe(record)[:150])] if p]
-        print("wrote " + ", ".join(written))
+        # Like each kernel script, the model workloads get their own file; collect merges them all.
+        if rows:
+            write(args.out, record, {f"workloads-{model}": (rows, COLUMNS)}, f"workloads-{model}")
+        print("wrote " + ", ".join(collect(args.out, stem(record))))
