@@ -3,7 +3,8 @@ xformers and the official materialised fp32 attention, at MAGE's shapes in bf16:
 forward+backward ms, TFLOP/s (forward 4*B*H*N^2*d, forward+backward 3.5x that), the fraction of
 the device's bf16 roofline, and our speed-up over the fastest SDPA backend (speedup, with that
 backend as baseline) and over the official attention (vs_official): their ms / our ms, same run
-and device; above 1 means ours is faster. err: each forward output's relative error against an fp32 reference.
+and device; above 1 means ours is faster. err: each forward output's relative error against an
+fp32 reference.
 
     python benchmarks/bench_attention.py [--batch 64 256]   # on a GPU; writes benchmarks/results/
     python benchmarks/bench_attention.py --smoke            # CPU, tiny shapes: proves the script runs
@@ -105,9 +106,9 @@ def bench_shape(impls, workload, b, h, n, d, dtype, device, peak):
         ms = {r["impl"]: r["ms"] for r in group if "ms" in r}
         best_sdpa = min((name for name in ms if name.startswith("sdpa-")), key=ms.get, default=None)
         for r in group:
-            if r["impl"].startswith("mage_fast") and "ms" in r and best_sdpa:
-                r["baseline"], r["speedup"] = best_sdpa, ms[best_sdpa] / r["ms"]
             if r["impl"].startswith("mage_fast") and "ms" in r:
+                if best_sdpa:
+                    r["baseline"], r["speedup"] = best_sdpa, ms[best_sdpa] / r["ms"]
                 r["vs_official"] = ms["official-fp32"] / r["ms"] if "official-fp32" in ms else None
         rows += group
     return rows

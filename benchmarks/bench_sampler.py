@@ -11,9 +11,9 @@ memory, the maximum batch.
 
     python benchmarks/bench_sampler.py [--model mage_vit_base_patch16] [--batch N]
 """
-import torch
-
 import copy
+
+import torch
 
 from common import compare, device_record, finish, roofline_peak, setup
 from mage_fast.bench.workloads import COLUMNS, sample_workloads

@@ -95,12 +95,14 @@ class MAGE(reference.MAGE):
         """The loss over the masked positions only (masked: mask_sets' [B, 257] set). With
         num_masked known on the host only those rows go through the head; with a device count
         all 256 do, weighted 0/1, so no shape waits for the host."""
-        rows, targets, row_weights = x[:, 1:], gt, masked[:, 1:].reshape(-1).float()
+        rows = x[:, 1:]
         if isinstance(num_masked, int):
             # Exactly num_masked per row: a stable descending sort lists them first, in position order.
             order = masked[:, 1:].byte().argsort(dim=1, descending=True, stable=True)[:, :num_masked]
             rows = rows.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
             targets, row_weights = gt.gather(1, order), None
+        else:
+            targets, row_weights = gt, masked[:, 1:].reshape(-1).float()
         head = self.mlm_layer
         h = head.ln(F.gelu(head.fc(rows)))
         codebook = self.config.vqgan.codebook_size
