@@ -15,7 +15,9 @@ from mage_fast.configs import MASK_ID
 from mage_fast.cuda_graphs import capture
 from mage_fast.ops import decode_step, decode_step_with_noise
 from mage_fast.ops.decode_step import backend
-from mage_fast.reference import decoding_step, schedule
+from mage_fast.reference import decoding_step, sample_categorical, schedule
+from mage_fast.reference.decoding import choice_tau, gumbel, mask_lengths
+from mage_fast.reference.rng import STREAM_GUMBEL, STREAM_SAMPLE, uniform
 
 decode_step_module = importlib.import_module("mage_fast.ops.decode_step")  # the name `decode_step` is the function
 pytestmark = pytest.mark.skipif(backend("cpu")[0] != "c++", reason="mage_fast._C is not built")
@@ -110,6 +112,51 @@ def test_nothing_unknown_changes_nothing():
     assert torch.equal(nxt, ids) and torch.equal(filled, ids)
 
 
+def tied_case(variant, step, num_iter=12, b=3, n=256, v=64):
+    """(logits, ids, op arguments): every unknown position gets exactly the same confidence.
+    Given noise: one logits row and one u_sample everywhere (the same draw, the same log p), and
+    tau 0 (temperature 0, random u_gumbel) or one u_gumbel everywhere; Philox: flat logits, so
+    every draw has log p = -log V, at temperature 0. Unknown: all, about half, five of 256."""
+    g = torch.Generator().manual_seed(step)
+    row = torch.zeros(v) if variant == "philox" else torch.randn(v, generator=g) * 4
+    logits = row.expand(b, n, v).contiguous()
+    ids = torch.randint(0, v, (b, n), generator=g)
+    ids[0] = MASK_ID
+    ids[1, torch.rand(n, generator=g) < 0.5] = MASK_ID
+    ids[2, torch.randperm(n, generator=g)[:5]] = MASK_ID
+    if variant == "philox":
+        seeds = torch.arange(b) + 40
+        noise, temp = (uniform(seeds, step, n, STREAM_SAMPLE), uniform(seeds, step, n, STREAM_GUMBEL)), 0.0
+        args = (seeds, step, num_iter, temp)
+    else:
+        u_gumbel = torch.full((b, n), 0.61) if variant == "equal gumbel noise" else torch.rand(b, n, generator=g)
+        noise, temp = (torch.full((b, n), 0.37), u_gumbel), 0.0 if variant == "temperature 0" else 4.5
+        args = (*noise, step, num_iter, temp)
+    unknown = ids == MASK_ID
+    confidence = sample_categorical(logits, noise[0])[1] + choice_tau(step, num_iter, temp) * gumbel(noise[1])
+    assert all(len(set(c[u].tolist())) == 1 for c, u in zip(confidence, unknown)), "the confidences must tie"
+    return logits, ids, args
+
+
+@pytest.mark.parametrize("variant", ["temperature 0", "equal gumbel noise", "philox"])
+@pytest.mark.parametrize("step", [0, 5, 10])
+def test_tied_confidence_goes_to_the_lower_position(variant, step):
+    """Exactly mask_len of the tied unknown positions are re-masked, the lowest positions (the
+    reference's stable order), and the op equals the reference bit for bit."""
+    logits, ids, args = tied_case(variant, step)
+    if variant == "philox":
+        got, want = decode_step(logits, ids, *args), decoding_step(logits, ids, *args)
+    else:
+        got = decode_step_with_noise(logits, ids, *args)
+        want = decoding_step(logits, ids, None, *args[2:], noise=args[:2])
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    unknown = ids == MASK_ID
+    lengths = mask_lengths(unknown.sum(-1), torch.full((3,), 256), step, 12)
+    assert 0 < lengths.min() and (lengths < unknown.sum(-1)).all()  # some tied positions stay
+    for nxt, u, length in zip(got[0], unknown, lengths.tolist()):
+        assert (nxt == MASK_ID).nonzero().flatten().tolist() == u.nonzero().flatten()[:length].tolist()
+
+
 def _args(**change):
     args = dict(logits=torch.randn(2, 256, 1024), ids=torch.full((2, 256), MASK_ID), seeds=torch.tensor([1, 2]),
                 step=0, num_iter=12, choice_temperature=4.5, num_initial_unknown=None)
@@ -132,14 +179,24 @@ def _args(**change):
     (dict(choice_temperature=-1.0), ValueError, "choice_temperature"),
     (dict(choice_temperature=float("nan")), ValueError, "choice_temperature"),
     (dict(num_initial_unknown=torch.tensor([256])), ValueError, "num_initial_unknown"),
+    # a meta tensor among CPU ones: the op dispatches to its fake implementation only
+    (dict(seeds=torch.tensor([1, 2], device="meta")), ValueError, "seeds is on meta but logits are on cpu"),
+    (dict(num_initial_unknown=torch.tensor([256, 256], device="meta")), ValueError,
+     "num_initial_unknown is on meta but logits are on cpu"),
+    (dict(logits=torch.randn(2, 256, 1024, device="meta")), ValueError, "ids is on cpu but logits are on meta"),
 ])
 @pytest.mark.parametrize("path", ["op", "pytorch"])
 def test_bad_input_raises_a_clear_error(change, error, match, path, monkeypatch):
     """From the op, and from the PyTorch path that stands in for it where it is not built."""
+    with pytest.raises(error, match=match):
+        _entry(path, monkeypatch)(**_args(**change))
+
+
+def _entry(path, monkeypatch):
+    """The extension op, or the PyTorch path that stands in for it ("pytorch": forced here)."""
     if path == "pytorch":
         monkeypatch.setattr(decode_step_module, "backend", lambda device_type: ("pytorch", "forced by the test"))
-    with pytest.raises(error, match=match):
-        (OP.decode_step if path == "op" else decode_step)(**_args(**change))
+    return OP.decode_step if path == "op" else decode_step
 
 
 def test_pytorch_path_checks_given_noise():
@@ -191,6 +248,17 @@ def test_cuda_is_bit_identical_to_cpu(dtype):
         cpu = decode_step_with_noise(logits, ids, u1, u2, step, 12, 4.5)
         cuda = decode_step_with_noise(logits.cuda(), ids.cuda(), u1.cuda(), u2.cuda(), step, 12, 4.5)
         assert torch.equal(cpu[0], cuda[0].cpu()) and torch.equal(cpu[1], cuda[1].cpu())
+
+
+@gpu
+@pytest.mark.parametrize("path", ["op", "pytorch"])
+def test_cpu_and_cuda_inputs_raise_a_clear_error(path, monkeypatch):
+    assert backend("cuda")[0] == "cuda", backend("cuda")
+    call = _entry(path, monkeypatch)
+    with pytest.raises(ValueError, match="ids is on cuda:0 but logits are on cpu"):
+        call(**_args(ids=torch.full((2, 256), MASK_ID, device="cuda")))
+    with pytest.raises(ValueError, match="seeds is on cpu but logits are on cuda:0"):
+        call(**_args(logits=torch.randn(2, 256, 1024, device="cuda"), ids=torch.full((2, 256), MASK_ID, device="cuda")))
 
 
 @gpu

@@ -159,6 +159,28 @@ def test_any_masked_set_follows_the_official_code():
                            torch.randn(1, 257, 32, requires_grad=True))
 
 
+def strided(t):
+    """t's values in a non-contiguous layout: the even columns of a tensor twice as wide
+    (gradients flow back to t)."""
+    out = torch.stack([t, torch.zeros_like(t)], dim=-1).flatten(-2)[..., ::2]
+    assert not out.is_contiguous() and torch.equal(out, t)
+    return out
+
+
+def test_non_contiguous_inputs_equal_the_reference():
+    """The kernels read every tensor by flat offsets: strided views of every input (pos_embed
+    sliced from a bigger tensor, or transposed and back) give the official code's results,
+    forward and backward (the API hands them to the custom ops as they are)."""
+    ids, masked, keep_index, params = inputs(2, 32, torch.float32, 180, seed=90)
+    assert_embed_matches(*(strided(t) for t in (ids, masked, keep_index)), [strided(p) for p in params])
+    g = torch.Generator().manual_seed(91)
+    x = torch.randn(2, 129, 48, generator=g, requires_grad=True)
+    big = torch.randn(3, 300, 96, generator=g, requires_grad=True)
+    for pos in (big[1:2, 20:277, 10:58], big.transpose(1, 2).contiguous().transpose(1, 2)[:1, :257, :48]):
+        assert not pos.is_contiguous()
+        assert_restore_matches(strided(x), strided(keep_index), strided(masked), pos)
+
+
 def test_restore_promotes_like_the_reference():
     """Under autocast the decoder embedding is fp16/bf16 and the position table fp32: the sum is fp32."""
     keep_index, masked = mask_sets(tie_free_noise(2, 8), 128, 190)

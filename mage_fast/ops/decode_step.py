@@ -24,14 +24,6 @@ def backend(device_type: str):
     return ("cuda" if device_type == "cuda" else "c++"), "mage_fast._C"
 
 
-if _BUILT["built"]:
-    def _fake(logits, ids, *args, **kwargs):
-        return torch.empty_like(ids), torch.empty_like(ids)
-
-    torch.library.register_fake("mage_fast::decode_step")(_fake)
-    torch.library.register_fake("mage_fast::decode_step_with_noise")(_fake)
-
-
 def _check_like(t, name, dtype, shape, logits):
     if not isinstance(t, torch.Tensor) or t.dtype != dtype:
         raise TypeError(f"decode_step: {name} must be {dtype}, got {getattr(t, 'dtype', type(t).__name__)}")
@@ -45,7 +37,8 @@ def _check_like(t, name, dtype, shape, logits):
 
 def _check(logits, ids, step, num_iter, choice_temperature, num_initial_unknown, per_image=(), per_position=()):
     """The extension op's input checks, with its messages, for the PyTorch path that stands in
-    for it when it is not built: the same bad input fails the same way on every machine."""
+    for it when it is not built and for its fake implementations: the same bad input fails the
+    same way on every machine."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise ValueError(f"decode_step: logits must be [batch, positions, classes], got {describe(logits)}")
     if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -68,6 +61,22 @@ def _check(logits, ids, step, num_iter, choice_temperature, num_initial_unknown,
         _check_like(t, name, torch.float32, (batch, positions), logits)
     if num_initial_unknown is not None:
         _check_like(num_initial_unknown, "num_initial_unknown", torch.int64, (batch,), logits)
+
+
+if _BUILT["built"]:
+    # The op's checks here too: meta tensors (alone, or mixed with others) and torch.compile's
+    # fake tensors reach only these, and would otherwise get outputs for inputs the op refuses.
+    @torch.library.register_fake("mage_fast::decode_step")
+    def _(logits, ids, seeds, step, num_iter, choice_temperature, num_initial_unknown=None, mask_id=MASK_ID):
+        _check(logits, ids, step, num_iter, choice_temperature, num_initial_unknown, per_image=[("seeds", seeds)])
+        return torch.empty_like(ids), torch.empty_like(ids)
+
+    @torch.library.register_fake("mage_fast::decode_step_with_noise")
+    def _(logits, ids, u_sample, u_gumbel, step, num_iter, choice_temperature, num_initial_unknown=None,
+          mask_id=MASK_ID):
+        _check(logits, ids, step, num_iter, choice_temperature, num_initial_unknown,
+               per_position=[("u_sample", u_sample), ("u_gumbel", u_gumbel)])
+        return torch.empty_like(ids), torch.empty_like(ids)
 
 
 def decode_step(logits, ids, seeds, step: int, num_iter: int, choice_temperature: float,

@@ -146,10 +146,17 @@ def _restore_torch(x, keep_index, masked, pos_embed):
 
 
 # ---------------------------------------------------------------- Triton custom ops
+# The kernels read their tensors by flat offsets (num_masked: its one element), so each op makes
+# them contiguous itself (a no-op when they are): strided views, such as a position table sliced
+# from a bigger tensor, are then right through the API, straight to torch.ops, and in backward.
+def _contiguous(*tensors):
+    return tuple(t.contiguous() for t in tensors)
+
+
 @torch.library.custom_op("mage_fast::mask_sets", mutates_args=())
 def _mask_sets_op(noise: Tensor, num_dropped: int, num_masked: Tensor) -> Tuple[Tensor, Tensor]:
     from mage_fast.kernels.token_drop import mask_sets_forward
-    return mask_sets_forward(noise, num_dropped, num_masked)
+    return mask_sets_forward(noise.contiguous(), num_dropped, num_masked)
 
 
 @_mask_sets_op.register_fake
@@ -163,7 +170,7 @@ def _(noise, num_dropped, num_masked):
 def _embed_op(ids: Tensor, masked: Tensor, keep_index: Tensor, word: Tensor, pos: Tensor, weight: Tensor,
               bias: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
     from mage_fast.kernels.token_drop import embed_forward
-    return embed_forward(ids, masked, keep_index, word, pos, weight, bias, eps)
+    return embed_forward(*_contiguous(ids, masked, keep_index, word, pos, weight, bias), eps)
 
 
 @_embed_op.register_fake
@@ -177,7 +184,7 @@ def _embed_backward_op(dy: Tensor, ids: Tensor, masked: Tensor, keep_index: Tens
                        weight: Tensor, bias: Tensor, mean: Tensor, rstd: Tensor
                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     from mage_fast.kernels.token_drop import embed_backward
-    return embed_backward(dy, ids, masked, keep_index, word, pos, weight, bias, mean, rstd)
+    return embed_backward(*_contiguous(dy, ids, masked, keep_index, word, pos, weight, bias, mean, rstd))
 
 
 @_embed_backward_op.register_fake
@@ -200,7 +207,7 @@ _embed_op.register_autograd(_embed_grad, setup_context=_embed_setup)
 @torch.library.custom_op("mage_fast::restore", mutates_args=())
 def _restore_op(x: Tensor, keep_index: Tensor, masked: Tensor, pos: Tensor) -> Tensor:
     from mage_fast.kernels.token_drop import restore_forward
-    return restore_forward(x, slot_rows(keep_index), masked, pos)
+    return restore_forward(*_contiguous(x, slot_rows(keep_index), masked, pos))
 
 
 @_restore_op.register_fake
@@ -212,7 +219,7 @@ def _(x, keep_index, masked, pos):
 def _restore_backward_op(dout: Tensor, keep_index: Tensor, masked: Tensor, x_dtype: torch.dtype,
                          pos_dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
     from mage_fast.kernels.token_drop import restore_backward
-    return restore_backward(dout, slot_rows(keep_index), masked, keep_index.shape[1], x_dtype, pos_dtype)
+    return restore_backward(*_contiguous(dout, slot_rows(keep_index), masked), keep_index.shape[1], x_dtype, pos_dtype)
 
 
 @_restore_backward_op.register_fake
@@ -245,7 +252,7 @@ def mask_sets(noise: Tensor, num_dropped: int, num_masked: Union[int, Tensor]) -
         return _mask_sets_torch(noise, num_dropped, num_masked)
     if not isinstance(num_masked, torch.Tensor):
         num_masked = torch.full((1,), num_masked, dtype=torch.int64, device=noise.device)
-    return _mask_sets_op(noise.contiguous(), num_dropped, num_masked)
+    return _mask_sets_op(noise, num_dropped, num_masked)
 
 
 def embed_and_drop(ids: Tensor, masked: Tensor, keep_index: Tensor, word_embeddings: Tensor,
@@ -257,7 +264,7 @@ def embed_and_drop(ids: Tensor, masked: Tensor, keep_index: Tensor, word_embeddi
     _check_embed(*args)
     if not uses_triton(word_embeddings.device, word_embeddings.dtype):
         return _embed_and_drop_torch(*args, eps)
-    return _embed_op(*(t.contiguous() for t in args), float(eps))[0]
+    return _embed_op(*args, float(eps))[0]
 
 
 def restore(x: Tensor, keep_index: Tensor, masked: Tensor, pos_embed: Tensor) -> Tensor:
@@ -267,4 +274,4 @@ def restore(x: Tensor, keep_index: Tensor, masked: Tensor, pos_embed: Tensor) ->
     _check_restore(x, keep_index, masked, pos_embed)
     if not uses_triton(x.device, x.dtype):
         return _restore_torch(x, keep_index, masked, pos_embed)
-    return _restore_op(x.contiguous(), keep_index.contiguous(), masked.contiguous(), pos_embed.squeeze(0))
+    return _restore_op(x, keep_index, masked, pos_embed.squeeze(0))
