@@ -57,7 +57,7 @@ def _slab(bh, H, N, stride_b, stride_h, KEY_LENGTHS, SEED, HAS_KL: tl.constexpr,
     CUDA-graph replay picks up a new seed written into SEED)."""
     kl = N
     if HAS_KL:
-        kl = tl.minimum(tl.load(KEY_LENGTHS + bh // H).to(tl.int32), N)
+        kl = tl.maximum(tl.minimum(tl.load(KEY_LENGTHS + bh // H).to(tl.int32), N), 0)
     seed = 0
     if DROPOUT:
         seed = tl.load(SEED)
@@ -151,11 +151,13 @@ def _fwd_rows(q_base, k_base, v_base, o_base, lse_base, start_m, stride_n, strid
     for start_n in range(n_full, kl, TAIL):
         m, l, acc = _fwd_step(q, m, l, acc, rows, k_base, v_base, start_n, stride_n, N, kl, qk_scale, seed, bh,
                               drop_threshold, TAIL, HEAD_DIM, BLOCK_D, True, DROPOUT, PRECISION)
-    out = acc / l[:, None]
+    # A sample without keys (key length 0) gets zeros, and lse = +inf zeros its backward's probabilities.
+    l_safe = tl.where(l > 0, l, 1.0)
+    out = acc / l_safe[:, None]
     if DROPOUT:
         out = out * _keep_scale(drop_threshold)
     _store_rows(o_base, rows, stride_on, N, out, HEAD_DIM, BLOCK_D)
-    tl.store(lse_base + rows, m + tl.log2(l), mask=rows < N)
+    tl.store(lse_base + rows, tl.where(l > 0, m + tl.log2(l_safe), float("inf")), mask=rows < N)
 
 
 @triton.jit

@@ -116,6 +116,20 @@ def test_scale_and_key_lengths_past_n():
                             key_lengths=kl, scale=0.3)
 
 
+def test_a_sample_without_keys_gets_zeros():
+    """Key length 0 or below: zero output and gradients, as the PyTorch path (SDPA) gives; the
+    other samples are untouched."""
+    kl = torch.tensor([0, 5, -3], device=DEVICE)
+    q, k, v, do = (randn(3, 2, 7, 64, seed=s) for s in range(4))
+    got = outputs_and_grads(lambda *x: attention(*x, key_lengths=kl), (q, k, v), do)
+    pytorch = outputs_and_grads(lambda *x: FALLBACK(*x, kl, 0.0, 64 ** -0.5), (q, k, v), do)
+    exact = outputs_and_grads(lambda *x: attention_ref(*x, key_lengths=kl[1:2]),
+                              [t[1:2].double() for t in (q, k, v)], do[1:2].double())
+    for name, g, p, e in zip(("out", "dq", "dk", "dv"), got, pytorch, exact):
+        assert torch.isfinite(g).all() and not g[[0, 2]].any() and not p[[0, 2]].any(), name
+        check(g[1:2], e, None, f"{name} of the sample with keys")
+
+
 @pytest.mark.parametrize("same_strides", [True, False])
 def test_strided_inputs(same_strides):
     """Views (as SDPA callers pass them) are read through their strides; q, k, v with different
@@ -131,7 +145,7 @@ def test_strided_inputs(same_strides):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("b,h,n,d", [(64, 12, 129, 64), (64, 12, 257, 64), (64, 16, 257, 48), (256, 16, 129, 64),
-                                     (256, 16, 257, 48)])
+                                     (256, 16, 257, 48), (64, 16, 257, 64)])  # MAGE-B, MAGE-L
 def test_full_mage_shapes(dtype, b, h, n, d):
     kl = key_lengths_for(b, n)
     check_against_reference(lambda *x: attention(*x, key_lengths=kl), b, h, n, d, dtype, key_lengths=kl)
@@ -298,6 +312,7 @@ _BAD_CALLS = {
                            "int32/int64 on cpu"),
     "dropout 1": (lambda: attention(_x, _x, _x, dropout_p=1.0), "dropout_p"),
     "dropout -0.1": (lambda: attention(_x, _x, _x, dropout_p=-0.1), "dropout_p"),
+    "dropout rounds to 1": (lambda: attention(_x, _x, _x, dropout_p=1 - 2**-17), "16-bit"),
     "seed 2 elements": (lambda: attention(_x, _x, _x, dropout_p=0.1, seed=torch.tensor([1, 2])), "seed"),
     "seed float": (lambda: attention(_x, _x, _x, dropout_p=0.1, seed=torch.tensor([1.0])), "seed"),
     "seed device": (lambda: attention(_x, _x, _x, dropout_p=0.1, seed=torch.ones(1, dtype=torch.int64, device="meta")),

@@ -16,6 +16,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
 
 register_op("attention")(triton_backend)
+MAX_DROPOUT = 1.0 - 2.0**-16  # above it, p rounds to 1 in 16 bits and 1/(1-p) is infinite
 
 
 def attention(q, k, v, *, key_lengths=None, dropout_p=0.0, scale=None, seed=None):
@@ -23,9 +24,9 @@ def attention(q, k, v, *, key_lengths=None, dropout_p=0.0, scale=None, seed=None
     dtype (fp32, fp16 or bf16; fp32 stays true fp32).
 
     key_lengths: [B] integers; keys at index >= key_lengths[b] are masked for every query of
-    sample b (values must be >= 1, unchecked as that needs a host sync; values above N mean N).
-    dropout_p: attention dropout on the probabilities, scaled by 1/(1-p) (the kernels round p to
-    a multiple of 2^-16). seed: int or one-element int64 tensor on q's device (read by the
+    sample b (values above N mean N; a sample with no key, 0 or less, gets zero output and zero
+    gradients, as SDPA gives). dropout_p: attention dropout on the probabilities, scaled by
+    1/(1-p), in [0, 1 - 2^-16] (the kernels round p to a multiple of 2^-16). seed: int or one-element int64 tensor on q's device (read by the
     kernel, so a CUDA-graph replay can take a new one); None draws one from torch's CPU
     generator (a graph break under torch.compile: compiled code and CUDA graphs pass a tensor).
     The PyTorch fallback draws its mask from torch's RNG instead (same distribution)."""
@@ -78,8 +79,9 @@ def _check(x, batch, head_dim, key_lengths, dropout_p, scale, seed):
             raise ValueError(f"attention: key_lengths must be int32/int64 on {x.device}, got "
                              f"{key_lengths.dtype} on {key_lengths.device}")
         key_lengths = key_lengths.contiguous()
-    if not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p!r}")
+    if not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p <= MAX_DROPOUT:
+        raise ValueError(f"attention: dropout_p must be in [0, 1 - 2^-16] (the kernels' draws are 16-bit), "
+                         f"got {dropout_p!r}")
     scale = head_dim ** -0.5 if scale is None else float(scale)
     if dropout_p == 0:
         return key_lengths, scale, None
