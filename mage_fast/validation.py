@@ -8,6 +8,12 @@ from .configs import CODEBOOK_SIZE, IMAGE_SIZE, MASK_ID, NUM_TOKENS
 
 FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_TYPES = (torch.int32, torch.int64)
+# The names the command line gives the precisions it offers.
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    return next(name for name, d in PRECISIONS.items() if d == dtype)
 
 
 def describe(x) -> str:

@@ -65,6 +65,32 @@ def assert_same_state(a, b, params_atol=0.0, moments_rel=0.0):
     assert a["train_state"] == b["train_state"]
 
 
+# The official model (LTH14/mage models_mage.py): its own parameters and its submodules in the
+# order its __init__ assigns them, which orders its named_parameters() and so its optimizer's.
+# Inside the submodules ours registers alike.
+OFFICIAL_OWN = ("cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "decoder_pos_embed_learned")
+OFFICIAL_MODULES = ("vqgan", "token_emb", "patch_embed", "blocks", "norm", "decoder_embed", "decoder_blocks",
+                    "decoder_norm", "decoder_pred", "mlm_layer")
+
+
+def official_param_groups(model, weight_decay):
+    """timm's add_weight_decay (as the official main_pretrain.py calls it) over the parameters
+    of `model` in the official model's order."""
+    assert tuple(model._parameters) == OFFICIAL_OWN
+    assert {n for n, _ in model.named_children()} == set(OFFICIAL_MODULES)
+    named = [(n, getattr(model, n)) for n in OFFICIAL_OWN]
+    named += [item for m in OFFICIAL_MODULES for item in getattr(model, m).named_parameters(prefix=m)]
+    decay, no_decay = [], []
+    for name, param in named:
+        if not param.requires_grad:
+            continue  # frozen weights
+        if len(param.shape) == 1 or name.endswith(".bias"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
 # ---------------------------------------------------------------- the recipe's pieces
 def test_lr_schedule_on_known_numbers():
     lr = 1e-3
@@ -83,18 +109,21 @@ def test_lr_scaling_rule():
     assert scaled_lr(1.5e-4, 64 * 8 * 2) == pytest.approx(1.5e-4 * 4)
 
 
-def test_parameter_groups_follow_timm_and_skip_frozen():
+def test_parameter_groups_follow_timm_over_the_official_trainable_set():
     torch.manual_seed(0)
     model = mage_vit_tiny_test()
+    unfrozen = official_param_groups(model, 0.05)
     freeze_unused(model)
     no_decay, decay = param_groups(model, 0.05)
     assert (no_decay["weight_decay"], decay["weight_decay"]) == (0.0, 0.05)
+    for ours, official in zip((no_decay, decay), unfrozen):   # the same tensors, in the same order
+        assert list(map(id, ours["params"])) == list(map(id, official["params"]))
     name = {id(p): n for n, p in model.named_parameters()}
     got_no_decay = {name[id(p)] for p in no_decay["params"]}
     got_decay = {name[id(p)] for p in decay["params"]}
     params = dict(model.named_parameters())
-    trainable = {n for n in params if not n.startswith("vqgan.")} - UNUSED - {"pos_embed", "decoder_pos_embed"}
-    assert got_no_decay | got_decay == trainable and not got_no_decay & got_decay
+    trainable = {n for n in params if not n.startswith("vqgan.")} - {"pos_embed", "decoder_pos_embed"}
+    assert got_no_decay | got_decay == trainable and not got_no_decay & got_decay and UNUSED <= trainable
     assert got_no_decay == {n for n in trainable if params[n].ndim <= 1 or n.endswith(".bias")}
     assert "mlm_layer.bias" in got_no_decay and params["mlm_layer.bias"].ndim == 3
     assert {"token_emb.LayerNorm.weight", "blocks.0.norm1.weight", "decoder_embed.bias"} <= got_no_decay
@@ -168,13 +197,42 @@ def test_checkpoint_has_the_official_format(repeated_batch_run):
     assert sorted(os.listdir(out)) == ["checkpoint-11.pth", "checkpoint-last.pth", "log.jsonl"]
     ckpt = load(out / "checkpoint-last.pth")
     assert {"model", "optimizer", "epoch", "scaler", "args"} <= ckpt.keys()
-    assert ckpt["epoch"] == 11 and ckpt["scaler"] == {} and isinstance(ckpt["args"], argparse.Namespace)
+    assert ckpt["epoch"] == 11 and isinstance(ckpt["args"], argparse.Namespace)
     assert ckpt["args"].batch_size == 2 and ckpt["args"].precision == "fp32"
     assert ckpt["train_state"] == {"step": 12, "step_in_epoch": 0, "seed": 0, "num_images": 2,
                                    "global_batch": 2, "accum_iter": 1}
     fresh = mage_vit_tiny_test()
     fresh.load_state_dict(ckpt["model"], strict=True)             # the unwrapped module's keys
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+
+
+def test_checkpoint_resumes_the_official_way(repeated_batch_run):
+    """The official misc.load_model on our checkpoint: the model strictly, the optimizer into
+    AdamW over the official model's groups (so every parameter's state lands on it), the scaler
+    into an enabled GradScaler (the official NativeScaler's), though this run had none (fp32)."""
+    _, out = repeated_batch_run
+    ckpt = load(out / "checkpoint-last.pth")
+    torch.manual_seed(0)
+    official = mage_vit_tiny_test()   # no freeze_unused: the official trainable set
+    params = dict(official.named_parameters())
+    assert {n for n, p in params.items() if not p.requires_grad} == \
+        {"pos_embed", "decoder_pos_embed"} | {n for n in params if n.startswith("vqgan.")}
+    official.load_state_dict(ckpt["model"], strict=True)
+    groups = official_param_groups(official, 0.05)
+    optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    sizes = [len(g["params"]) for g in groups]
+    assert [len(g["params"]) for g in ckpt["optimizer"]["param_groups"]] == sizes
+    assert sizes == [sum(p.ndim <= 1 or n.endswith(".bias") for n, p in params.items() if p.requires_grad),
+                     sum(p.ndim > 1 and not n.endswith(".bias") for n, p in params.items() if p.requires_grad)]
+    name = {id(p): n for n, p in params.items()}
+    stepped = {name[id(p)] for p in optimizer.state}
+    assert stepped == {n for n, p in params.items() if p.requires_grad} - UNUSED   # never had a gradient
+    for p, state in optimizer.state.items():
+        assert state["exp_avg"].shape == state["exp_avg_sq"].shape == p.shape and state["step"] == 12, name[id(p)]
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.load_state_dict(ckpt["scaler"])
+    assert scaler.state_dict() == torch.amp.GradScaler("cpu").state_dict()   # a fresh scale
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -12,6 +12,7 @@ official format. A run started again with the same OUT continues at the exact st
 import argparse
 import logging
 
+from ..validation import PRECISIONS
 from .common import add_model_args
 
 CHECKS = (  # (argument, valid, requirement)
@@ -46,7 +47,7 @@ def register(sub):
     p.add_argument("--warmup-epochs", type=float, default=40, help="linear lr warm-up (default: %(default)s)")
     p.add_argument("--clip-grad", type=float, default=3.0,
                    help="gradient-norm clipping, 0 for none (default: %(default)s)")
-    p.add_argument("--precision", choices=("bf16", "fp16", "fp32"),
+    p.add_argument("--precision", choices=sorted(PRECISIONS),
                    help="autocast dtype; fp16 adds loss scaling (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the initial weights, data order, crops, masks and dropout (default: %(default)s)")

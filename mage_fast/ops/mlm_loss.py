@@ -40,12 +40,12 @@ def _compute_dtype(h):
 
 class _MlmLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, row_scale, smoothing):
+    def forward(ctx, h, weight, bias, targets, row_scale, smoothing, need_h, need_bias):
         dtype = _compute_dtype(h)
         with torch.autocast(h.device.type, enabled=False):
             w = weight.detach().to(dtype)
-            grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
-            grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=h.device)
+            grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device) if need_h else None
+            grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=h.device) if need_bias else None
             loss = torch.zeros((), dtype=torch.float32, device=h.device)
             for start in range(0, h.shape[0], CHUNK_ROWS):
                 rows = slice(start, start + CHUNK_ROWS)
@@ -55,13 +55,17 @@ class _MlmLoss(torch.autograd.Function):
                 per_row = -(1.0 - smoothing) * log_p.gather(-1, t).squeeze(-1) - smoothing * log_p.mean(-1)
                 scale = row_scale[rows]
                 loss += (per_row * scale).sum()
+                if not (need_h or need_bias):  # e.g. a validation loss under no_grad
+                    continue
                 # d loss / d logits = (p - (1 - s) onehot - s / V) * scale. The GEMM takes it
                 # unscaled (entries up to 1): times scale (1 / rows) first, it would underflow in
                 # fp16 before a loss scaler's factor arrives in backward.
                 grad = log_p.exp_().sub_(smoothing / weight.shape[0])
                 grad.scatter_add_(-1, t, torch.full_like(t, -(1.0 - smoothing), dtype=grad.dtype))
-                grad_h[rows] = (grad.to(dtype) @ w).float().mul_(scale.unsqueeze(-1))
-                grad_bias += (grad * scale.unsqueeze(-1)).sum(0)
+                if need_h:
+                    grad_h[rows] = (grad.to(dtype) @ w).float().mul_(scale.unsqueeze(-1))
+                if need_bias:
+                    grad_bias += (grad * scale.unsqueeze(-1)).sum(0)
         ctx.save_for_backward(grad_h, grad_bias)
         ctx.dtypes = h.dtype, bias.dtype
         return loss
@@ -70,7 +74,9 @@ class _MlmLoss(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_h, grad_bias = ctx.saved_tensors
         h_dtype, bias_dtype = ctx.dtypes
-        return (grad_h * grad_loss).to(h_dtype), None, (grad_bias * grad_loss).to(bias_dtype), None, None, None
+        grad_h = None if grad_h is None else (grad_h * grad_loss).to(h_dtype)
+        grad_bias = None if grad_bias is None else (grad_bias * grad_loss).to(bias_dtype)
+        return grad_h, None, grad_bias, None, None, None, None, None
 
 
 def mlm_loss(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
@@ -94,4 +100,8 @@ def mlm_loss(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets:
         row_scale = torch.full((h.shape[0],), 1.0 / h.shape[0], device=h.device)
     else:
         row_scale = row_weights.float() / row_weights.float().sum()
-    return _MlmLoss.apply(h, weight, bias, targets.long(), row_scale, smoothing)
+    # The forward computes only the gradients autograd will ask for; it runs in no_grad mode
+    # itself, so the mode is read here.
+    grad = torch.is_grad_enabled()
+    return _MlmLoss.apply(h, weight, bias, targets.long(), row_scale, smoothing,
+                          grad and h.requires_grad, grad and bias.requires_grad)

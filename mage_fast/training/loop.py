@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoint import load_checkpoint
 from ..data import ImageFolder
 from ..model import build_model
+from ..validation import PRECISIONS
 from .batches import TrainOrder, TrainSamples, mask_ratio, seed_dropout
 from .optim import build_optimizer, freeze_unused, lr_at, scaled_lr
 from .progress import Progress
@@ -19,7 +20,6 @@ from .state import LAST, epoch_path, keep_copy, restore, resume_path, save_check
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TOKENIZER_WARNING = """
 ################################################################################
 #  No --vqgan-ckpt (and no --ckpt): the TOKENIZER HAS RANDOM WEIGHTS, so the    #
@@ -108,7 +108,7 @@ def train(args, ctx):
                     if args.compile and args.impl == "fast":  # a float would be a new shape each step
                         # a fill kernel, not a copy from host memory (which would sync)
                         ratio = torch.full((), ratio, dtype=torch.float64, device=ctx.device)
-                    with torch.autocast(ctx.device.type, dtype=DTYPES[args.precision],
+                    with torch.autocast(ctx.device.type, dtype=PRECISIONS[args.precision],
                                         enabled=args.precision != "fp32"):
                         loss = net(images.to(ctx.device, non_blocking=True), mask_ratio=ratio,
                                    noise=noise.to(ctx.device, non_blocking=True))

@@ -18,19 +18,33 @@ def freeze_unused(model: nn.Module):
     them and they never change: freezing them changes no result. What it buys is that every
     trainable parameter gets a gradient in every step, so DDP can run with
     find_unused_parameters=False (no autograd-graph walk after each forward, as the official
-    find_unused_parameters=True costs) and no parameter's gradient is missing from the sync."""
+    find_unused_parameters=True costs) and no parameter's gradient is missing from the sync.
+    param_groups still lists them, so the optimizer's groups stay the official ones."""
     for name, p in model.named_parameters():
         if name.startswith(UNUSED):
             p.requires_grad_(False)
 
 
+# The official model's submodules in the order its __init__ assigns them, which is the order of
+# its named_parameters() (after its own parameters, which ours registers alike). Ours assigns
+# decoder_pred before the blocks, the official one after decoder_norm.
+OFFICIAL_ORDER = ("vqgan", "token_emb", "patch_embed", "blocks", "norm", "decoder_embed", "decoder_blocks",
+                  "decoder_norm", "decoder_pred", "mlm_layer")
+
+
 def param_groups(model: nn.Module, weight_decay: float):
-    """timm's add_weight_decay, which the official code uses: trainable parameters only; no
+    """timm's add_weight_decay as the official code applies it: the parameters the official model
+    trains (freeze_unused's too: AdamW skips them, having no gradient, as in the official run); no
     decay for those with ndim <= 1 or whose name ends with ".bias" (so mlm_layer.bias, [1, 1,
-    2025], gets none). The no-decay group first, as timm orders them."""
+    2025], gets none). The no-decay group first, as timm orders them, each in the official
+    model's order: an optimizer's state_dict names parameters by position, so these groups are
+    what lets the official misc.load_model load ours."""
+    def rank(item):
+        name = item[0]
+        return OFFICIAL_ORDER.index(name.split(".")[0]) + 1 if "." in name else 0
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
+    for name, p in sorted(model.named_parameters(), key=rank):  # a stable sort
+        if p.requires_grad or name.startswith(UNUSED):
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 

@@ -25,8 +25,12 @@ def epoch_path(out: str, epoch: int) -> str:
 def save_checkpoint(path: str, model, optimizer, scaler, args: argparse.Namespace, order: TrainOrder, step: int):
     """Write atomically: a kill midway leaves the previous file. `epoch` is, as in the official
     files, the last completed epoch (-1 before the first ends): the official resume restarts
-    the epoch in progress, ours continues at `train_state['step']`."""
+    the epoch in progress, ours continues at `train_state['step']`. Without fp16 loss scaling
+    `scaler` is the state of a fresh scaler: the official resume loads it into an enabled one,
+    which refuses a disabled one's {}, and a disabled one (ours without fp16) ignores it."""
     spe = order.steps_per_epoch
+    if not scaler.is_enabled():
+        scaler = torch.amp.GradScaler("cpu")  # "cpu": no CUDA needed; the state is plain numbers
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": step // spe - 1,
             "scaler": scaler.state_dict(),
             "args": argparse.Namespace(**{k: v for k, v in vars(args).items() if not callable(v)}),
@@ -76,6 +80,5 @@ def restore(path: str, model, optimizer, scaler, order: TrainOrder) -> int:
     except RuntimeError as e:
         raise ValueError(f"{path} does not fit this model (another --model?): {e}") from None
     optimizer.load_state_dict(ckpt["optimizer"])
-    if ckpt["scaler"]:  # empty when saved without fp16 loss scaling: start a fresh scale
-        scaler.load_state_dict(ckpt["scaler"])
+    scaler.load_state_dict(ckpt["scaler"])  # ignored without fp16; from a run without, a fresh scale
     return state["step"]
