@@ -1,7 +1,9 @@
 """Fused attention (mage_fast.ops.attention) against every SDPA backend that runs, FlexAttention,
 xformers and the official materialised fp32 attention, at MAGE's shapes in bf16: forward and
 forward+backward ms, TFLOP/s (forward 4*B*H*N^2*d, forward+backward 3.5x that), the fraction of
-the device's bf16 roofline, and our speed-up over the fastest SDPA backend (speedup, with that
+the roofline at the shape's arithmetic intensity (roofline: min(bf16 peak, FLOP/byte x HBM
+bandwidth), the bytes being the least any kernel moves: q, k, v read and o written forward; q, k,
+v, o, do read and dq, dk, dv written backward), and our speed-up over the fastest SDPA backend (speedup, with that
 backend as baseline) and over the official attention (vs_official): their ms / our ms, same run
 and device; above 1 means ours is faster. err: each forward output's relative error against an
 fp32 reference.
@@ -11,7 +13,7 @@ fp32 reference.
 """
 import torch
 
-from common import bench_ms, device_record, finish, roofline_peak, setup
+from common import attainable_tflops, bench_ms, device_record, finish, setup
 
 # (workload, heads, tokens, head dim): MAGE-B encoder 12 x 64, decoder 16 x 48; MAGE-L 16 x 64.
 # Training encoders see the 129 kept tokens, decoders and generation all 257.
@@ -66,7 +68,7 @@ def implementations(smoke):
         import xformers.ops as xops
         impls["xformers"] = unpacked(lambda q, k, v: xops.memory_efficient_attention(
             *(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2))
-    except ImportError as e:
+    except Exception as e:  # not installed, or built for another torch or CUDA: a row says so
         impls["xformers"] = e
     impls["official-fp32"] = unpacked(official)
     return impls
@@ -82,13 +84,16 @@ def measure(make, q, k, v, do, mode):
     return bench_ms(run), out
 
 
-def bench_shape(impls, workload, b, h, n, d, dtype, device, peak):
+def bench_shape(impls, workload, b, h, n, d, dtype, device, record):
     from mage_fast.kernels.attention import attention_ref
     g = torch.Generator(device=device).manual_seed(0)
     q, k, v, do = (torch.randn(b, h, n, d, generator=g, device=device).to(dtype) for _ in range(4))
     reference = attention_ref(q.float(), k.float(), v.float())
     rows = []
-    for mode, flop in (("fwd", 4 * b * h * n * n * d), ("fwd+bwd", 14 * b * h * n * n * d)):
+    tensor_bytes = b * h * n * d * q.element_size()
+    for mode, flop, nbytes in (("fwd", 4 * b * h * n * n * d, 4 * tensor_bytes),
+                               ("fwd+bwd", 14 * b * h * n * n * d, 12 * tensor_bytes)):
+        peak = attainable_tflops(record, flop, nbytes)
         group = []
         for name, make in impls.items():
             row = dict(workload=workload, B=b, H=h, N=n, d=d, mode=mode, impl=name)
@@ -128,7 +133,7 @@ def main():
     rows = []
     for b in ([1] if args.smoke else args.batch):
         for workload, h, n, d in (SMOKE_SHAPES if args.smoke else SHAPES):
-            rows += bench_shape(impls, workload, b, h, n, d, dtype, device, roofline_peak(record, "bf16_tflops"))
+            rows += bench_shape(impls, workload, b, h, n, d, dtype, device, record)
     finish("attention", rows, COLUMNS, args, record)
 
 

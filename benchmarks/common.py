@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from mage_fast.bench.measure import bench_ms, compare, device_record, roofline_peak  # noqa: F401 (for the scripts)
+from mage_fast.bench.measure import attainable_tflops, bench_ms, compare, device_record, roofline_peak  # noqa: F401
 from mage_fast.bench.report import table, write
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

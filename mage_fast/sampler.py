@@ -151,13 +151,19 @@ def max_batch(sampler: Sampler, limit: int = 4096, safety: float = 0.9) -> int:
         peaks.append(torch.cuda.max_memory_allocated(sampler.device) - base)
     per_image = max((peaks[1] - peaks[0]) / 8, 1.0)
     free, _ = torch.cuda.mem_get_info(sampler.device)
-    batch = min(limit, max(8, int(free * safety / per_image) // 8 * 8))
+    batch = _largest_that_captures(sampler, min(limit, max(8, int(free * safety / per_image) // 8 * 8)))
+    log.info("maximum batch: %d (~%.1f MiB per image, %.1f GiB free)", batch, per_image / 2**20, free / 2**30)
+    return batch
+
+
+def _largest_that_captures(sampler: Sampler, batch: int) -> int:
+    """batch, or the first that captures on the way down: 10% less, rounded down to a multiple of
+    8, then halving below 8."""
     while batch >= 1:
         try:
             sampler._graph(batch)
             if not sampler.use_graphs:  # the trial capture only sized the batch: an eager run needs that memory
                 sampler.clear_graphs()
-            log.info("maximum batch: %d (~%.1f MiB per image, %.1f GiB free)", batch, per_image / 2**20, free / 2**30)
             return batch
         except torch.OutOfMemoryError:
             sampler.clear_graphs()

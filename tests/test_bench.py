@@ -27,7 +27,7 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
     assert list(record["sections"])[0] == "workloads-mage_vit_tiny_test"
     rows = record["sections"]["workloads-mage_vit_tiny_test"]
     assert {r["implementation"] for r in rows} == {"reference fp32", "fast fp32", "reference fp32 (official)",
-                                                    "fast sampler float32"}
+                                                    "fast sampler fp32"}
     for r in rows:
         assert r["median_ms"] > 0 and r["images_per_s"] > 0 and r["tflops"] > 0 and r["speedup"] > 0
         assert math.isclose(r["images_per_s"], r["batch"] / (r["median_ms"] / 1e3))
@@ -38,14 +38,41 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
     assert (tmp_path / (next(tmp_path.glob("cpu-*[0-9].json")).stem + ".md")).exists()
 
 
-def test_the_fast_sampler_is_also_timed_at_the_reference_batch():
+def test_the_fast_sampler_is_also_timed_at_the_reference_batch(monkeypatch):
     """At a batch other than the reference's, a second fast row at the reference's batch gives
-    the same-batch comparison."""
-    rows = sample_workloads("mage_vit_tiny_test", 2, 2, torch.device("cpu"), warmup=0, repeats=1)
+    the same-batch comparison; every timed call draws other images (seeds move on)."""
+    from mage_fast.sampler import Sampler
+    seeds, sample = [], Sampler.sample
+    monkeypatch.setattr(Sampler, "sample", lambda self, s: (seeds.append(s.tolist()), sample(self, s))[1])
+    rows = sample_workloads("mage_vit_tiny_test", 2, 2, torch.device("cpu"), warmup=1, repeats=2)
     assert [(r.implementation, r.batch, r.baseline) for r in rows] == [
         ("reference fp32 (official)", 1, "reference fp32 (official)"),
-        ("fast sampler float32", 2, "reference fp32 (official)"),
-        ("fast sampler float32", 1, "reference fp32 (official)")]
+        ("fast sampler fp32", 2, "reference fp32 (official)"),
+        ("fast sampler fp32", 1, "reference fp32 (official)")]
+    assert seeds == [[0, 1], [2, 3], [4, 5], [0], [1], [2]]
+
+
+def test_training_cases_rotate_their_inputs(monkeypatch):
+    """Each timed step trains on the next of the rotating batches, with its own mask ratio."""
+    from mage_fast.bench import workloads
+    seen = []
+    real_step = workloads._train_step
+
+    def recording_step(model, dtype, capturable=False):
+        step = real_step(model, dtype, capturable)
+        return lambda images, mask_ratio=None: (seen.append((images.data_ptr(), mask_ratio)), step(images, mask_ratio))[1]
+    monkeypatch.setattr(workloads, "_train_step", recording_step)
+    workloads.train_workloads("mage_vit_tiny_test", 1, torch.device("cpu"), warmup=0, repeats=workloads.ROTATE + 1)
+    fast = seen[len(seen) // 2:]                                 # the reference's steps, then the fast module's
+    assert len({ptr for ptr, _ in fast[:-1]}) == workloads.ROTATE and fast[-1][0] == fast[0][0]
+    assert len({ratio for _, ratio in fast}) == len(fast) and all(0.5 <= r <= 1 for _, r in fast)
+
+
+@pytest.mark.parametrize("flag", ["--repeats=0", "--batch=-1", "--warmup=-1", "--num-iter=x"])
+def test_bench_refuses_bad_numbers_before_it_starts(flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", flag])
+    assert e.value.code == 2 and flag.split("=")[0] in capsys.readouterr().err
 
 
 def test_throughput_and_mfu_arithmetic():
@@ -69,6 +96,16 @@ def test_compare_rates_fractions_and_speedups(monkeypatch):
     assert (slow["speedup"], fast["speedup"], fast["baseline"]) == (1.0, 4.0, "torch")
     assert measure.compare(impls, {}, {"roofline": None}, flop=1e12)[0]["of_peak"] is None
     assert speedup_bars("vq", [slow, fast]) == [("vq 4x4: mage_fast vs torch", 4.0)]
+
+
+def test_attainable_roofline_at_an_arithmetic_intensity():
+    """Attention at N = 257, d = 64 in bf16 (one head forward: 4 N^2 d FLOP over 4 N d 2-byte
+    tensors, N/2 FLOP/byte) is bandwidth-bound on an H100: 128.5 x 3.35 TB/s."""
+    h100 = {"roofline": roofline_for("NVIDIA H100 80GB HBM3").__dict__}
+    n, d = 257, 64
+    assert measure.attainable_tflops(h100, 4 * n * n * d, 4 * n * d * 2) == pytest.approx(128.5 * 3.35)
+    assert measure.attainable_tflops(h100, 1e15, 1e9) == 989.0              # compute-bound: the peak
+    assert measure.attainable_tflops({"roofline": None}, 1.0, 1.0) is None
 
 
 @pytest.mark.parametrize("name,roof,tflops,tbps", [

@@ -10,9 +10,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from helpers import rel_err
 from mage_fast.configs import MAGE_B, MASK_ID
+from mage_fast.reference.decoding import schedule
 from mage_fast.reference.vqgan import VQGAN
 from mage_fast.sampler import Sampler, pixel_mask_to_tokens
 
@@ -59,6 +61,28 @@ def test_edit_keeps_every_token_outside_the_mask(tiny, images):
         Sampler(tiny).edit(images, token_mask.float(), [1, 2])
 
 
+def test_edit_counts_the_schedule_over_the_unknown_tokens(tiny, images, monkeypatch):
+    """With k tokens to regenerate, step t fixes as many as the schedule of k tokens says (the
+    last step's filled ids, which the loop returns, have none left)."""
+    import mage_fast.sampler
+    unknown = []
+
+    def counting_step(*args):
+        ids, filled = decode_step(*args)
+        last = args[3] == args[4] - 1  # step, num_iter
+        unknown.append(((filled if last else ids) == MASK_ID).sum(1).tolist())
+        return ids, filled
+    decode_step = mage_fast.sampler.decode_step
+    monkeypatch.setattr(mage_fast.sampler, "decode_step", counting_step)
+    token_mask = torch.zeros(2, 256, dtype=torch.bool)
+    token_mask[0, 100:150] = True
+    token_mask[1, ::8] = True
+    Sampler(tiny, num_iter=5).edit(images, token_mask, [3, 4])
+    for row, k in enumerate(token_mask.sum(1).tolist()):
+        left = [k] + [u[row] for u in unknown]
+        assert [a - b for a, b in zip(left, left[1:])] == schedule(5, k)
+
+
 def test_pixel_mask_to_tokens():
     mask = torch.zeros(1, 256, 256)
     mask[0, 20, 40] = 1                  # pixel row 20, column 40 -> token (1, 2)
@@ -92,22 +116,56 @@ def test_killed_run_resumes_with_identical_files(tmp_path):
     proc.wait()
     partial = len(pngs(killed))
     assert 5 <= partial < 14, "the kill should land mid-run"
+    leftovers = [killed / "000013.png.tmp4242", tmp_path / "killed.npz.tmp4242"]  # as a kill mid-write leaves
+    for path in leftovers:
+        path.write_bytes(b"half")
     subprocess.run(sample_cmd(killed, "--npz"), check=True, capture_output=True)
+    assert not any(path.exists() for path in leftovers)
     assert pngs(killed) == pngs(clean) == [f"{i:06d}.png" for i in range(14)]
     assert sorted(os.listdir(killed)) == sorted(os.listdir(clean))      # no .tmp or extra files
     for name in pngs(clean):
         assert (killed / name).read_bytes() == (clean / name).read_bytes(), name
     arr = np.load(str(clean) + ".npz")["arr_0"]
     assert arr.shape == (14, 256, 256, 3) and arr.dtype == np.uint8
+    assert all(np.array_equal(arr[i], np.asarray(Image.open(clean / f"{i:06d}.png"))) for i in range(14))
     assert np.array_equal(arr, np.load(str(killed) + ".npz")["arr_0"])
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
     out = tmp_path / "run"
     subprocess.run(sample_cmd(out), check=True, capture_output=True)
-    assert json.loads((out / "manifest.json").read_text())["batch_size"] == 2
+    recorded = json.loads((out / "manifest.json").read_text())
+    assert recorded["batch_size"] == 2 and recorded["device"] == "cpu" and recorded["vqgan_ckpt"] is None
+    assert set(recorded["backends"]) == {"attention", "decode_step", "mlm_loss", "token_drop", "vq_nearest"}
     proc = subprocess.run(sample_cmd(out, "--temperature", "6.0"), capture_output=True, text=True)
     assert proc.returncode != 0 and "other settings" in proc.stderr
+
+
+@pytest.mark.parametrize("command, flag", [("sample", "--num-images=0"), ("sample", "--temperature=-1"),
+                                           ("sample", "--num-iter=0"), ("edit", "--num-iter=0"),
+                                           ("edit", "--temperature=nan")])
+def test_bad_numbers_are_refused_before_any_work(command, flag, tmp_path, capsys):
+    from mage_fast.cli import main
+    required = {"sample": ["--out", str(tmp_path)], "edit": ["--image", "in.png", "--mask", "m.png", "--out", "o.png"]}
+    with pytest.raises(SystemExit) as e:
+        main([command, flag, *required[command]])
+    assert e.value.code == 2 and flag.split("=")[0] in capsys.readouterr().err
+
+
+def test_fid_names_the_missing_inception_weights(tmp_path, monkeypatch):
+    """Offline without --inception-weights: the download fails, and the error says what to pass."""
+    import types
+    import urllib.error
+    from mage_fast.cli import main
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    fake = types.SimpleNamespace(utils=types.SimpleNamespace(create_feature_extractor=offline), metric_fid=None)
+    monkeypatch.setitem(sys.modules, "torch_fidelity", fake)
+    with pytest.raises(SystemExit, match="Inception weights .*name resolution.*--inception-weights PATH"):
+        main(["fid", "--gen", str(tmp_path), "--ref", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--inception-weights file not found"):
+        main(["fid", "--gen", str(tmp_path), "--ref", str(tmp_path), "--inception-weights", str(tmp_path / "none.pth")])
 
 
 def test_fid_names_the_missing_package(tmp_path, monkeypatch):
@@ -143,6 +201,33 @@ def test_max_batch_fits():
     assert sampler.sample(list(range(batch))).shape == (batch, 256, 256, 3)
 
 
+class _GraphsUpTo:
+    """A sampler whose graph capture runs out of memory above `fits` images."""
+    def __init__(self, fits, use_graphs=True):
+        self.fits, self.use_graphs, self.tried, self.cleared, self._graphs = fits, use_graphs, [], 0, {}
+
+    def _graph(self, batch):
+        self.tried.append(batch)
+        if batch > self.fits:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        self._graphs[batch] = "graph"
+
+    def clear_graphs(self):
+        self._graphs.clear()
+        self.cleared += 1
+
+
+def test_max_batch_backs_off_on_out_of_memory():
+    from mage_fast.sampler import _largest_that_captures
+    sampler = _GraphsUpTo(fits=700)
+    assert _largest_that_captures(sampler, 1000) == 648 and sampler.tried == [1000, 896, 800, 720, 648]
+    assert sampler.cleared == 4 and sampler._graphs == {648: "graph"}  # kept for replay
+    eager = _GraphsUpTo(fits=5, use_graphs=False)
+    assert _largest_that_captures(eager, 16) == 4 and eager.tried == [16, 8, 4] and eager._graphs == {}
+    with pytest.raises(RuntimeError, match="not even one image"):
+        _largest_that_captures(_GraphsUpTo(fits=0), 8)
+
+
 def test_benchmark_script_runs():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "bench_sampler.py", "--smoke", "--repeats", "1"],
@@ -152,7 +237,6 @@ def test_benchmark_script_runs():
 
 
 def test_edit_command_inpaints_under_the_mask(tmp_path):
-    from PIL import Image
     from mage_fast.cli import main
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (300, 256, 3), dtype=np.uint8)          # cropped to the middle 256 rows

@@ -59,6 +59,14 @@ def roofline_peak(record: dict, key: str) -> Optional[float]:
     return record["roofline"][key] if record.get("roofline") else None
 
 
+def attainable_tflops(record: dict, flop: float, nbytes: float) -> Optional[float]:
+    """The roofline at a kernel's arithmetic intensity: min(bf16 peak, FLOP/byte x HBM TB/s),
+    None where unknown. Attention at MAGE's N is bandwidth-bound (KERNEL_NOTES.md), so its
+    compute peak alone would understate how close a kernel comes."""
+    peak, bandwidth = roofline_peak(record, "bf16_tflops"), roofline_peak(record, "hbm_tbps")
+    return min(peak, flop / nbytes * bandwidth) if peak else None
+
+
 def compare(impls: Dict[str, Callable[[], object]], case: Dict, record: dict, *,
             flop: Optional[float] = None, nbytes: Optional[float] = None) -> List[Dict]:
     """Time each of impls {name: fn} side by side; the first is the baseline. One row each: the

@@ -53,21 +53,24 @@ def write(out_dir: str, record: dict, sections: Dict[str, tuple], name: Optional
     return path
 
 
+def describe_nvml(nvml: dict) -> str:
+    """Driver, clocks, power and temperature of each GPU, or why NVML could not say."""
+    if "error" in nvml:
+        return f"NVML: {nvml['error']}"
+    return "; ".join(f"driver {nvml['driver']}, {g['name']}: SM {g['sm_clock_mhz']}/{g['sm_clock_max_mhz']} MHz, "
+                     f"memory {g['mem_clock_mhz']} MHz, {g['power_w']} W, {g['temperature_c']} C"
+                     for g in nvml.get("gpus", []))
+
+
 def describe(record: dict) -> str:
     """One paragraph: versions, driver, clocks (NVML before the run), roofline."""
     v = record["versions"]
-    nvml = record.get("nvml") or {}
-    parts = [f"torch {v['torch']} (CUDA {v['torch_cuda']}), triton {v['triton']}, python {v['python']}"]
-    if "error" in nvml:
-        parts.append(f"NVML: {nvml['error']}")
-    else:
-        for g in nvml.get("gpus", []):
-            parts.append(f"driver {nvml['driver']}, {g['name']}: SM {g['sm_clock_mhz']}/{g['sm_clock_max_mhz']} MHz, "
-                         f"memory {g['mem_clock_mhz']} MHz, {g['power_w']} W, {g['temperature_c']} C")
+    parts = [f"torch {v['torch']} (CUDA {v['torch_cuda']}), triton {v['triton']}, python {v['python']}",
+             describe_nvml(record.get("nvml") or {})]
     roof = record.get("roofline")
     parts.append(f"roofline: {roof['name']}, {roof['bf16_tflops']} TFLOP/s bf16, {roof['hbm_tbps']} TB/s"
                  if roof else "roofline: none known for this device (no MFU)")
-    return "; ".join(parts) + "."
+    return "; ".join(p for p in parts if p) + "."
 
 
 def speedup_bars(title: str, rows: List[Dict]) -> List[tuple]:

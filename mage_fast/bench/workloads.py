@@ -1,6 +1,7 @@
 """The whole-model workloads `mage-fast bench` times side by side in one run: a training step
 (tokenizer, forward, backward, AdamW) and image generation (T steps and the VQGAN decode)."""
 import gc
+import itertools
 import logging
 import statistics
 from dataclasses import dataclass, field
@@ -12,11 +13,13 @@ from ..configs import CONFIGS
 from ..cuda_graphs import capture
 from ..model import build_model
 from ..training.optim import build_optimizer, freeze_unused
+from ..validation import precision_name
 from .baselines import official_generate
 from .flops import sample_flops_per_image, train_flops_per_image
 from .measure import time_ms
 
 log = logging.getLogger(__name__)
+ROTATE = 3  # timed calls cycle through this many inputs, so none is served from a cache
 
 # The table of model workloads: Result.as_dict's fields, in the order they are shown.
 COLUMNS = ["workload", "implementation", "batch", "median_ms", "images_per_s", "tflops", "mfu", "peak_memory_gib",
@@ -81,16 +84,16 @@ def _fresh(device):
 
 def _train_step(model, dtype, capturable=False):
     """One optimizer step of the official recipe (AdamW 0.9/0.95, wd 0.05 off 1-D and biases,
-    clipping at 3.0) on fixed images; fp16 with a loss scaler as the official code runs it."""
+    clipping at 3.0); fp16 with a loss scaler as the official code runs it."""
     freeze_unused(model)
     opt = build_optimizer(model, 1e-4, 0.05, capturable)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     device = model.mlm_layer.bias.device
 
-    def step(images):
+    def step(images, mask_ratio=None):
         opt.zero_grad(set_to_none=not capturable)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model(images)
+            loss = model(images, mask_ratio)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
@@ -100,34 +103,43 @@ def _train_step(model, dtype, capturable=False):
     return step
 
 
-def train_workloads(model_name: str, batch: int, device: torch.device, warmup: int, repeats: int) -> List[Result]:
-    """The training step of the reference the official way (fp16 autocast, fp32 attention
-    scores), the reference and the fast module under bf16 autocast, and the fast step captured
-    in a CUDA graph. On CPU, fp32 only."""
+def train_workloads(model_name: str, batch: int, device: torch.device, warmup: int, repeats: int,
+                    dtype: torch.dtype = None) -> List[Result]:
+    """The training step of the reference and of the fast module under `dtype` autocast (default:
+    bf16 on CUDA, fp32 on CPU) and, on CUDA, of the reference the official way (fp16 autocast,
+    fp32 attention scores) and the fast step captured in a CUDA graph."""
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     flops = train_flops_per_image(CONFIGS[model_name])
-    images = torch.rand(batch, 3, 256, 256, device=device)
+    images = [torch.rand(batch, 3, 256, 256, device=device) for _ in range(ROTATE)]
+    name = precision_name(dtype)
+    baseline = f"reference {name}"
+    cases = [(baseline, "reference", dtype, False), (f"fast {name}", "fast", dtype, False)]
     if device.type == "cuda":
-        cases = [("reference fp16 (official)", "reference", torch.float16, False),
-                 ("reference bf16", "reference", torch.bfloat16, False),
-                 ("fast bf16", "fast", torch.bfloat16, False),
-                 ("fast bf16 + CUDA graph", "fast", torch.bfloat16, True)]
-        baseline = "reference bf16"
-    else:
-        cases = [("reference fp32", "reference", torch.float32, False), ("fast fp32", "fast", torch.float32, False)]
-        baseline = "reference fp32"
+        cases = [("reference fp16 (official)", "reference", torch.float16, False)] + cases + \
+                [(f"fast {name} + CUDA graph", "fast", dtype, True)]
     results = []
-    for label, impl, dtype, graph in cases:
+    for label, impl, case_dtype, graph in cases:
         results.append(_largest_batch_that_fits(label, batch, device, lambda b: _train_case(
-            label, model_name, impl, dtype, graph, images[:b], flops, device, warmup, repeats, baseline)))
+            label, model_name, impl, case_dtype, graph, [x[:b] for x in images], flops, device, warmup, repeats, baseline)))
     _release()
     return results
 
 
 def _train_case(label, model_name, impl, dtype, graph, images, flops, device, warmup, repeats, baseline):
+    """Each call trains on the next of the rotating batches. Eager steps draw the mask ratio
+    on the host, as the official code and `mage-fast train` do (the head then runs on the
+    masked rows only); a graph replays one shape, so its ratio is drawn on the device."""
     model = build_model(model_name, impl).to(device).train()
     step = _train_step(model, dtype, capturable=graph)
-    fn = capture(lambda: step(images))[0].replay if graph else (lambda: step(images))
-    return _measure("train", label, len(images), fn, flops, device, warmup, repeats, baseline)
+    batches = itertools.cycle(images)
+    if graph:
+        static = images[0].clone()
+        replay = capture(lambda: step(static))[0].replay
+        fn = lambda: (static.copy_(next(batches)), replay())  # noqa: E731
+    else:
+        ratios = torch.Generator().manual_seed(0)
+        fn = lambda: step(next(batches), model.sample_mask_ratio(ratios))  # noqa: E731
+    return _measure("train", label, len(images[0]), fn, flops, device, warmup, repeats, baseline)
 
 
 def _largest_batch_that_fits(label, batch, device, run):
@@ -145,12 +157,15 @@ def _largest_batch_that_fits(label, batch, device, run):
 
 
 def sample_workloads(model_name: str, batch: Optional[int], num_iter: int, device: torch.device,
-                     warmup: int, repeats: int, temperature: float = 4.5) -> List[Result]:
+                     warmup: int, repeats: int, temperature: float = 4.5, dtype: torch.dtype = None) -> List[Result]:
     """Generation with the VQGAN decode: the reference the official way (fp32 eager, batch 32,
-    numpy Gumbel on the host) and under bf16 at that batch; the fast module in the CUDA-graph
-    sampler at that batch too (its speed-up taken over the bf16 reference: same batch, same
-    precision) and at `batch` (None: the largest that fits; its speed-up over the official way)."""
+    numpy Gumbel on the host) and, on CUDA, under `dtype` autocast at that batch; the fast
+    module in the CUDA-graph sampler in `dtype` (default: bf16 on CUDA, fp32 on CPU) at that
+    batch too (its speed-up taken over the reference in the same precision at the same batch)
+    and at `batch` (None: the largest that fits; its speed-up over the official way). Each call
+    draws new images: the seeds move on by a batch."""
     from ..sampler import Sampler, max_batch
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     cfg = CONFIGS[model_name]
     flops = sample_flops_per_image(cfg, num_iter)
     name = f"sample T={num_iter}"
@@ -159,21 +174,24 @@ def sample_workloads(model_name: str, batch: Optional[int], num_iter: int, devic
     results = []
     _fresh(device)
     reference = build_model(model_name, "reference").to(device).eval()
-    references = ((official, torch.float32),) + ((("reference bf16", torch.bfloat16),) if device.type == "cuda" else ())
-    for label, dtype in references:
-        results.append(_measure(name, label, small, lambda: official_generate(reference, small, num_iter, temperature, dtype),
+    references = [(official, torch.float32)]
+    if device.type == "cuda" and dtype != torch.float32:
+        references.append((f"reference {precision_name(dtype)}", dtype))
+    for label, ref_dtype in references:
+        results.append(_measure(name, label, small, lambda: official_generate(reference, small, num_iter, temperature, ref_dtype),
                                 flops, device, warmup, repeats, official))
     del reference
     _fresh(device)
     fast = build_model(model_name, "fast").to(device).eval()
-    sampler = Sampler(fast, num_iter, temperature)
+    sampler = Sampler(fast, num_iter, temperature, dtype)
     if batch is None:
         batch = max_batch(sampler) if device.type == "cuda" else small
-    label = f"fast sampler {str(sampler.dtype).replace('torch.', '')}" + (" + CUDA graph" if sampler.use_graphs else "")
+    label = f"fast sampler {precision_name(dtype)}" + (" + CUDA graph" if sampler.use_graphs else "")
     # The largest batch first: the graph pool of the small one must not shrink it.
     for b, baseline in ((batch, official),) + (((small, references[-1][0]),) if batch != small else ()):
-        seeds = list(range(b))
-        results.append(_measure(name, label, b, lambda: sampler.sample(seeds), flops, device, warmup, repeats, baseline))
+        calls = itertools.count()
+        results.append(_measure(name, label, b, lambda: sampler.sample(torch.arange(b) + next(calls) * b),
+                                flops, device, warmup, repeats, baseline))
         sampler.clear_graphs()
         _fresh(device)  # the next case's peak memory counts its own graph only
     del fast, sampler

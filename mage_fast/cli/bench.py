@@ -15,6 +15,8 @@ import tempfile
 import torch
 
 from ..configs import CONFIGS
+from ..validation import PRECISIONS
+from .common import non_negative_int, positive_int
 
 KERNEL_SCRIPTS = ("attention", "vq", "token_drop", "decode_step", "mlm_loss")
 BENCHMARKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -28,12 +30,16 @@ def register(sub):
                    help="which workloads (default: all; kernels need the repository's benchmarks/ folder)")
     p.add_argument("--model", choices=sorted(CONFIGS), default=None,
                    help="model size (default: mage_vit_base_patch16 on CUDA, mage_vit_tiny_test on CPU)")
-    p.add_argument("--batch", type=int, default=None, help="training images per step (default: 256 on CUDA, 2 on CPU)")
-    p.add_argument("--sample-batch", type=int, default=None,
+    p.add_argument("--batch", type=positive_int, default=None,
+                   help="training images per step (default: 256 on CUDA, 2 on CPU)")
+    p.add_argument("--sample-batch", type=positive_int, default=None,
                    help="the fast sampler's batch (default: the largest that fits on CUDA, 1 on CPU)")
-    p.add_argument("--num-iter", type=int, default=12, help="decoding steps of the sampling workload (default 12)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per workload (the median is reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    p.add_argument("--num-iter", type=positive_int, default=12, help="decoding steps of the sampling workload (default 12)")
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
+                   help="precision of the fast module and of the reference it is compared with (default: bf16 on "
+                        "CUDA, fp32 on CPU); the official-way baselines keep their own (fp16 training, fp32 sampling)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per workload (the median is reported)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls before timing")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--out", metavar="DIR", help="write each part's <device>-<date>-<part>.{json,md} there (e.g. benchmarks/results) and "
                    "merge that day's into <device>-<date>.{json,md,png}")
@@ -57,7 +63,7 @@ def run_kernel_scripts(out_dir, smoke):
 
 def run(args):
     from ..bench.measure import device_record, roofline_peak
-    from ..bench.report import collect, describe, stem, table, write
+    from ..bench.report import collect, describe, describe_nvml, stem, table, write
     from ..bench.workloads import COLUMNS, sample_workloads, train_workloads
     from ..telemetry import nvml_snapshot
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -66,20 +72,23 @@ def run(args):
     if not cuda:
         print(f"No GPU: timing {model} on CPU. These numbers show that everything runs; they say nothing "
               "about GPU throughput.")
+    dtype = PRECISIONS[args.dtype] if args.dtype else None
     record = device_record()
     print(describe(record))
     peak = roofline_peak(record, "bf16_tflops") if cuda else None
     results = []
     if args.what in ("train", "all"):
-        results += train_workloads(model, args.batch or (256 if cuda else 2), device, args.warmup, args.repeats)
+        results += train_workloads(model, args.batch or (256 if cuda else 2), device, args.warmup, args.repeats, dtype)
     if args.what in ("sample", "all"):
-        results += sample_workloads(model, args.sample_batch, args.num_iter, device, args.warmup, args.repeats)
+        results += sample_workloads(model, args.sample_batch, args.num_iter, device, args.warmup, args.repeats,
+                                    dtype=dtype)
     speed = {(r.workload, r.implementation): r.images_per_s for r in results}
     rows = [r.as_dict(peak, speed.get((r.workload, r.baseline))) for r in results]
     if args.what in ("kernels", "all"):
         with tempfile.TemporaryDirectory() as tmp:
             run_kernel_scripts(args.out or tmp, smoke=not cuda)
     record["nvml_after"] = nvml_snapshot()
+    print(f"\nafter the run: {describe_nvml(record['nvml_after'])}.")
     record["model"] = model
     if rows:
         print(f"\n{model} on {record['device']}\n{table(rows, COLUMNS)}")

@@ -1,4 +1,5 @@
-"""What several subcommands share: choosing and loading a model."""
+"""What several subcommands share: choosing and loading a model, argument types."""
+import argparse
 import logging
 
 from ..configs import CONFIGS
@@ -35,3 +36,21 @@ def load_model(args, device):
     if not args.ckpt:
         log.warning(RANDOM_WEIGHTS_WARNING)
     return model.to(device).eval()
+
+
+def _at_least(convert, low, what):
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not value >= low:  # "not >=" also refuses nan
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _at_least(int, 1, "a positive integer")
+non_negative_int = _at_least(int, 0, "an integer >= 0")
+non_negative_float = _at_least(float, 0.0, "a number >= 0")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..files import atomic_write
-from .common import add_model_args, load_model
+from .common import add_model_args, load_model, non_negative_float, positive_int
 
 
 def register(sub):
@@ -21,8 +21,8 @@ def register(sub):
     p.add_argument("--mask", required=True, help="mask image of the same size: white (> 127) = regenerate")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--seed", type=int, default=0, help="seed of the decoding noise")
-    p.add_argument("--num-iter", type=int, default=12, help="decoding steps (default 12)")
-    p.add_argument("--temperature", type=float, default=4.5, help="choice temperature (default 4.5)")
+    p.add_argument("--num-iter", type=positive_int, default=12, help="decoding steps (default 12)")
+    p.add_argument("--temperature", type=non_negative_float, default=4.5, help="choice temperature (default 4.5)")
     p.add_argument("--paste-original", action="store_true",
                    help="keep the input's own pixels outside the regenerated token cells")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")

@@ -7,6 +7,9 @@ download: pass their file with --inception-weights on machines without internet.
 """
 import json
 import os
+import urllib.error
+
+from .common import positive_int
 
 
 def register(sub):
@@ -17,7 +20,7 @@ def register(sub):
     p.add_argument("--inception-weights", metavar="PATH",
                    help="torch-fidelity's Inception weights file (pt_inception-2015-12-05-*.pth); "
                         "default: torch-fidelity downloads them")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per Inception forward (default 64)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--json", metavar="PATH", help="also write the metrics to this JSON file")
     p.set_defaults(func=run)
@@ -33,6 +36,16 @@ def _torch_fidelity():
     return torch_fidelity, metric_fid
 
 
+def _inception(fidelity, options):
+    """torch-fidelity's Inception network, its weights from --inception-weights or downloaded
+    (then cached, so the metrics below load them from there)."""
+    try:
+        return fidelity.utils.create_feature_extractor("inception-v3-compat", ["2048"], **options)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        raise SystemExit(f"torch-fidelity could not download the Inception weights (pt_inception-2015-12-05-*.pth): "
+                         f"{e}. Fetch them on a machine with internet and pass --inception-weights PATH") from None
+
+
 def run(args):
     import numpy as np
     import torch
@@ -45,6 +58,7 @@ def run(args):
     options = dict(cuda=(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"),
                    batch_size=args.batch_size, feature_extractor_weights_path=args.inception_weights,
                    samples_find_ext="png,jpg,jpeg", verbose=False)
+    extractor = _inception(fidelity, options)
     if os.path.isdir(args.ref):
         metrics = fidelity.calculate_metrics(input1=args.gen, input2=args.ref, isc=True, fid=True, **options)
     else:
@@ -52,7 +66,6 @@ def run(args):
         if "mu" not in stats or "sigma" not in stats:
             raise SystemExit(f"{args.ref} must hold arrays 'mu' and 'sigma' (reference Inception statistics)")
         metrics = fidelity.calculate_metrics(input1=args.gen, isc=True, **options)
-        extractor = fidelity.utils.create_feature_extractor("inception-v3-compat", ["2048"], **options)
         gen_stats = metric_fid.fid_input_id_to_statistics(1, extractor, "2048", input1=args.gen, **options)
         ref_stats = {"mu": stats["mu"].astype(gen_stats["mu"].dtype), "sigma": stats["sigma"].astype(gen_stats["sigma"].dtype)}
         metrics.update(metric_fid.fid_statistics_to_metric(gen_stats, ref_stats, verbose=False))

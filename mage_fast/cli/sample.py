@@ -7,9 +7,11 @@ duplicated. The run's settings are recorded in OUT/manifest.json; a resume must 
 Under torchrun the batches are shared among the ranks.
 """
 import argparse
+import glob
 import json
 import os
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,24 +20,25 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..files import atomic_write
-from .common import add_model_args, load_model
+from ..validation import PRECISIONS
+from .common import add_model_args, load_model, non_negative_float, positive_int
 
 MANIFEST = "manifest.json"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def register(sub):
     p = sub.add_parser("sample", help="generate images for FID (CUDA graphs, maximum batch, resumable)",
                        description=__doc__)
     add_model_args(p)
-    p.add_argument("--num-images", type=int, default=50000, help="images to generate (default 50000)")
-    p.add_argument("--num-iter", type=int, default=12, help="decoding steps (default 12; the paper's FID used 20)")
-    p.add_argument("--temperature", type=float, default=4.5,
+    p.add_argument("--num-images", type=positive_int, default=50000, help="images to generate (default 50000)")
+    p.add_argument("--num-iter", type=positive_int, default=12,
+                   help="decoding steps (default 12; the paper's FID used 20)")
+    p.add_argument("--temperature", type=non_negative_float, default=4.5,
                    help="choice temperature of the confidence noise (default 4.5; the paper's FID used 6.0)")
     p.add_argument("--seed", type=int, default=0, help="run seed in [0, 2^31): image i uses (seed << 32) + i")
     p.add_argument("--batch-size", type=batch_size, default="auto",
                    help="images per batch, or 'auto' for the largest that fits the GPU (default; 4 on CPU)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    p.add_argument("--dtype", choices=sorted(PRECISIONS), default=None,
                    help="transformer and VQGAN precision (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--out", required=True, help="output folder of PNGs (what torch-fidelity reads)")
     p.add_argument("--npz", action="store_true",
@@ -49,12 +52,9 @@ def batch_size(text):
     if text == "auto":
         return text
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text!r}")
-    return value
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text!r}") from None
 
 
 def image_path(out, index):
@@ -70,11 +70,16 @@ def write_png_atomic(path, pixels: np.ndarray):
         Image.fromarray(pixels).save(f, format="PNG", compress_level=1)  # lossless; speed over size
 
 
-def manifest(args, batch):
-    """The settings that decide the images."""
-    return {"model": args.model, "impl": args.impl, "ckpt": os.path.abspath(args.ckpt) if args.ckpt else None,
-                "num_iter": args.num_iter, "temperature": args.temperature, "seed": args.seed,
-                "dtype": args.dtype, "batch_size": batch}
+def manifest(args, batch, device):
+    """The settings that decide the images, the machine's included: a GPU model or a build
+    other than the run's may round differently."""
+    from ..backends import backend_report
+    path = lambda p: os.path.abspath(p) if p else None  # noqa: E731
+    return {"model": args.model, "impl": args.impl, "ckpt": path(args.ckpt), "vqgan_ckpt": path(args.vqgan_ckpt),
+            "num_iter": args.num_iter, "temperature": args.temperature, "seed": args.seed,
+            "dtype": args.dtype, "batch_size": batch,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "backends": {op: r["implementation"] for op, r in backend_report(device.type).items()}}
 
 
 def previous_manifest(out):
@@ -85,32 +90,36 @@ def previous_manifest(out):
         return json.load(f)
 
 
+def npz_path(out):
+    return out.rstrip("/") + ".npz"
+
+
 def write_npz(out, num_images):
-    images = np.empty((num_images, 256, 256, 3), dtype=np.uint8)
-    for i in range(num_images):
-        images[i] = np.asarray(Image.open(image_path(out, i)).convert("RGB"))
-    with atomic_write(out.rstrip("/") + ".npz") as f:
-        np.savez(f, images)
-    return images.shape
+    """OUT.npz as np.savez writes it (arr_0, uncompressed), streamed one image at a time: 50,000
+    images are 9.8 GB, which need not fit in memory."""
+    shape = (num_images, 256, 256, 3)
+    with atomic_write(npz_path(out)) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive, \
+            archive.open("arr_0.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        for i in tqdm(range(num_images), unit="img", desc="npz"):
+            with Image.open(image_path(out, i)) as img:
+                member.write(np.asarray(img.convert("RGB"), dtype=np.uint8).tobytes())
+    return shape
 
 
 def run(args):
     from .. import distributed
     from ..sampler import Sampler, max_batch
-    for ok, message in ((0 <= args.seed < 2**31, "--seed must be in [0, 2^31)"),
-                        (args.num_images >= 1, "--num-images must be >= 1"),
-                        (args.num_iter >= 1, "--num-iter must be >= 1"),
-                        (args.temperature >= 0, "--temperature must be >= 0")):
-        if not ok:
-            raise SystemExit(message)
+    if not 0 <= args.seed < 2**31:
+        raise SystemExit("--seed must be in [0, 2^31)")
     ctx = distributed.init(args.device)
     args.dtype = args.dtype or ("bf16" if ctx.device.type == "cuda" else "fp32")
     os.makedirs(args.out, exist_ok=True)
-    for name in os.listdir(args.out):  # leftovers of writes a kill interrupted
-        if ".tmp" in name and ctx.is_main:
-            os.remove(os.path.join(args.out, name))
+    if ctx.is_main:  # leftovers of writes a kill interrupted
+        for path in glob.glob(os.path.join(args.out, "*.tmp*")) + glob.glob(npz_path(args.out) + ".tmp*"):
+            os.remove(path)
     model = load_model(args, ctx.device)
-    sampler = Sampler(model, args.num_iter, args.temperature, DTYPES[args.dtype],
+    sampler = Sampler(model, args.num_iter, args.temperature, PRECISIONS[args.dtype],
                       cuda_graphs=not args.no_cuda_graphs)
 
     before = previous_manifest(args.out)
@@ -121,7 +130,7 @@ def run(args):
     if agreed != batch:  # another rank holds less memory: free this rank's larger graph first
         sampler.clear_graphs()
     batch = agreed
-    now = manifest(args, batch)
+    now = manifest(args, batch, ctx.device)
     if before and before != now:  # every rank checks, so none waits at a barrier for a failed one
         diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
         raise SystemExit(f"{args.out} holds a run with other settings {diff} (before, now): use another --out, "
@@ -160,7 +169,7 @@ def run(args):
         if missing:
             raise SystemExit(f"{len(missing)} images are missing (first: {missing[0]}); run again to finish")
         if args.npz:
-            print(f"wrote {args.out.rstrip('/')}.npz {write_npz(args.out, args.num_images)}")
+            print(f"wrote {npz_path(args.out)} {write_npz(args.out, args.num_images)}")
         elapsed = time.perf_counter() - start
         print(f"{made} new images in {elapsed:.1f} s ({made / max(elapsed, 1e-9):.1f} images/s on this rank)")
     distributed.shutdown()
