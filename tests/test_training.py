@@ -327,3 +327,8 @@ def test_resume_refuses_another_data_order_or_foreign_file(repeated_batch_run, t
     torch.save({"model": mage_vit_tiny_test().state_dict()}, foreign)
     with pytest.raises(SystemExit, match="not a checkpoint of `mage-fast train`"):
         train(data, tmp_path / "out", "--batch-size", "2", "--resume", str(foreign))
+    older = load(out / "checkpoint-last.pth")   # as earlier versions saved it: one parameter fewer
+    older["optimizer"]["param_groups"][1]["params"].pop()
+    torch.save(older, tmp_path / "older.pth")
+    with pytest.raises(SystemExit, match="optimizer state does not fit.*earlier mage-fast.*--resume none"):
+        train(data, tmp_path / "out", "--batch-size", "2", "--resume", str(tmp_path / "older.pth"))

@@ -1,6 +1,7 @@
 """What several subcommands share: choosing and loading a model, argument types."""
 import argparse
 import logging
+import math
 
 from ..configs import CONFIGS
 
@@ -44,7 +45,7 @@ def _at_least(convert, low, what):
             value = convert(text)
         except ValueError:
             value = None
-        if value is None or not value >= low:  # "not >=" also refuses nan
+        if value is None or not low <= value < math.inf:  # also refuses nan
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return value
     parse.__name__ = what  # argparse names the type in its messages
@@ -53,4 +54,4 @@ def _at_least(convert, low, what):
 
 positive_int = _at_least(int, 1, "a positive integer")
 non_negative_int = _at_least(int, 0, "an integer >= 0")
-non_negative_float = _at_least(float, 0.0, "a number >= 0")
+non_negative_float = _at_least(float, 0.0, "a finite number >= 0")

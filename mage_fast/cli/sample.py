@@ -9,6 +9,7 @@ Under torchrun the batches are shared among the ranks.
 import argparse
 import glob
 import json
+import logging
 import os
 import time
 import zipfile
@@ -23,6 +24,7 @@ from ..files import atomic_write
 from ..validation import PRECISIONS
 from .common import add_model_args, load_model, non_negative_float, positive_int
 
+log = logging.getLogger("mage_fast")
 MANIFEST = "manifest.json"
 
 
@@ -103,7 +105,10 @@ def write_npz(out, num_images):
         np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False, "shape": shape})
         for i in tqdm(range(num_images), unit="img", desc="npz"):
             with Image.open(image_path(out, i)) as img:
-                member.write(np.asarray(img.convert("RGB"), dtype=np.uint8).tobytes())
+                pixels = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            if pixels.shape != shape[1:]:
+                raise SystemExit(f"{image_path(out, i)} is {pixels.shape}, not {shape[1:]}: not this run's image")
+            member.write(pixels.tobytes())
     return shape
 
 
@@ -116,7 +121,8 @@ def run(args):
     args.dtype = args.dtype or ("bf16" if ctx.device.type == "cuda" else "fp32")
     os.makedirs(args.out, exist_ok=True)
     if ctx.is_main:  # leftovers of writes a kill interrupted
-        for path in glob.glob(os.path.join(args.out, "*.tmp*")) + glob.glob(npz_path(args.out) + ".tmp*"):
+        for path in glob.glob(os.path.join(glob.escape(args.out), "*.tmp*")) + \
+                glob.glob(glob.escape(npz_path(args.out)) + ".tmp*"):
             os.remove(path)
     model = load_model(args, ctx.device)
     sampler = Sampler(model, args.num_iter, args.temperature, PRECISIONS[args.dtype],
@@ -131,10 +137,14 @@ def run(args):
         sampler.clear_graphs()
     batch = agreed
     now = manifest(args, batch, ctx.device)
-    if before and before != now:  # every rank checks, so none waits at a barrier for a failed one
-        diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
-        raise SystemExit(f"{args.out} holds a run with other settings {diff} (before, now): use another --out, "
-                         "or the same settings to resume")
+    if before:  # every rank checks, so none waits at a barrier for a failed one
+        diff = {k: (before[k], now[k]) for k in before.keys() & now.keys() if before[k] != now[k]}
+        if diff:
+            raise SystemExit(f"{args.out} holds a run with other settings {diff} (before, now): use another --out, "
+                             "or the same settings to resume")
+        if now.keys() - before.keys() and ctx.is_main:
+            log.warning("%s was begun by an earlier mage-fast that did not record %s: those are not checked",
+                        args.out, ", ".join(sorted(now.keys() - before.keys())))
     if ctx.is_main:
         if not before:
             with atomic_write(os.path.join(args.out, MANIFEST)) as f:

@@ -25,7 +25,7 @@ def attention(q, k, v, *, key_lengths=None, dropout_p=0.0, scale=None, seed=None
 
     key_lengths: [B] integers; keys at index >= key_lengths[b] are masked for every query of
     sample b (values above N mean N; a sample with no key, 0 or less, gets zero output and zero
-    gradients, as SDPA gives). dropout_p: attention dropout on the probabilities, scaled by
+    gradients). dropout_p: attention dropout on the probabilities, scaled by
     1/(1-p), in [0, 1 - 2^-16] (the kernels round p to a multiple of 2^-16). seed: int or one-element int64 tensor on q's device (read by the
     kernel, so a CUDA-graph replay can take a new one); None draws one from torch's CPU
     generator (a graph break under torch.compile: compiled code and CUDA graphs pass a tensor).
@@ -101,7 +101,12 @@ def _attention_pytorch(q, k, v, key_lengths, dropout_p, scale):
     torch's RNG."""
     mask = None
     if key_lengths is not None:
-        mask = torch.arange(q.shape[-2], device=q.device) < key_lengths.view(-1, 1, 1, 1)
+        # A sample without keys attends to key 0, then is zeroed: older SDPA gives NaN for rows
+        # with no key, and NaN gradients with them.
+        kl = key_lengths.view(-1, 1, 1, 1)
+        mask = torch.arange(q.shape[-2], device=q.device) < kl.clamp(min=1)
     out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p,
                                          scale=scale)
+    if key_lengths is not None:
+        out = out * (kl > 0)
     return out.to(q.dtype)

@@ -79,6 +79,11 @@ def restore(path: str, model, optimizer, scaler, order: TrainOrder) -> int:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise ValueError(f"{path} does not fit this model (another --model?): {e}") from None
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])  # ignored without fp16; from a run without, a fresh scale
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except ValueError as e:  # earlier versions' groups left out the parameters freeze_unused freezes
+        raise ValueError(f"{path}: its optimizer state does not fit this optimizer ({e}); it may come from an "
+                         "earlier mage-fast. To start from its weights: --ckpt PATH --resume none") from None
+    if ckpt["scaler"]:  # empty in files of earlier versions run without fp16: a fresh scale
+        scaler.load_state_dict(ckpt["scaler"])  # ignored without fp16
     return state["step"]
