@@ -16,7 +16,7 @@ import copy
 import torch
 
 from common import compare, device_record, finish, roofline_peak, setup
-from mage_fast.bench.workloads import COLUMNS, sample_workloads
+from mage_fast.bench.workloads import COLUMNS, as_rows, sample_workloads
 from mage_fast.configs import CONFIGS
 
 
@@ -32,9 +32,7 @@ def main():
     peak = roofline_peak(record, "bf16_tflops")
     rows = []
     for num_iter in (2,) if args.smoke else (20, 12):
-        results = sample_workloads(model, args.batch, num_iter, device, warmup=1, repeats=args.repeats)
-        base = {r.implementation: r.images_per_s for r in results}
-        rows += [r.as_dict(peak, base[r.baseline]) for r in results]
+        rows += as_rows(sample_workloads(model, args.batch, num_iter, device, warmup=1, repeats=args.repeats), peak)
     finish(f"sampler-{model}", rows, COLUMNS, args, record)
     finish(f"sampler-decode-{model}", decode_layouts(model, 1 if args.smoke else 32, device, record),
            ["workload", "batch", "impl", "ms", "ms_p20", "ms_p80", "peak_gib", "speedup"], args, record)

@@ -8,7 +8,7 @@ attention scores). MFU from the FLOP count: 3x the transformer forward + the tok
 import torch
 
 from common import device_record, finish, roofline_peak, setup
-from mage_fast.bench.workloads import COLUMNS, train_workloads
+from mage_fast.bench.workloads import COLUMNS, as_rows, train_workloads
 from mage_fast.configs import CONFIGS
 
 
@@ -23,8 +23,7 @@ def main():
     record = device_record()
     peak = roofline_peak(record, "bf16_tflops")
     results = train_workloads(model, batch, device, warmup=2, repeats=args.repeats)
-    base = {r.implementation: r.images_per_s for r in results}
-    finish(f"train-{model}", [r.as_dict(peak, base[r.baseline]) for r in results], COLUMNS, args, record)
+    finish(f"train-{model}", as_rows(results, peak), COLUMNS, args, record)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 from .configs import MASK_ID, NUM_TOKENS
 from .cuda_graphs import capture
 from .ops import decode_step
-from .validation import check_images, check_seeds
+from .validation import FLOAT_TYPES, PRECISIONS, check_images, check_seeds, default_precision
 
 log = logging.getLogger("mage_fast")
 
@@ -28,8 +28,8 @@ class Sampler:
             raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
         self.model = model.eval()
         self.device = model.token_emb.word_embeddings.weight.device
-        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        if self.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        self.dtype = dtype or PRECISIONS[default_precision(self.device.type)]
+        if self.dtype not in FLOAT_TYPES:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
         self.num_iter, self.choice_temperature = num_iter, choice_temperature
         self.use_graphs = cuda_graphs and self.device.type == "cuda"

@@ -16,6 +16,11 @@ def precision_name(dtype: torch.dtype) -> str:
     return next(name for name, d in PRECISIONS.items() if d == dtype)
 
 
+def default_precision(device_type: str) -> str:
+    """bf16 on a GPU (tensor cores); fp32 on CPU, where bf16 only emulates."""
+    return "bf16" if device_type == "cuda" else "fp32"
+
+
 def describe(x) -> str:
     """What x is, for error messages."""
     return f"{x.dtype} {list(x.shape)} on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__

@@ -13,7 +13,7 @@ from ..configs import CONFIGS
 from ..cuda_graphs import capture
 from ..model import build_model
 from ..training.optim import build_optimizer, freeze_unused
-from ..validation import precision_name
+from ..validation import PRECISIONS, default_precision, precision_name
 from .baselines import official_generate
 from .flops import sample_flops_per_image, train_flops_per_image
 from .measure import time_ms
@@ -58,6 +58,13 @@ class Result:
                 "tflops": self.tflops, "mfu": self.mfu(peak_tflops), "flops_per_image": self.flops_per_image,
                 "peak_memory_gib": self.peak_memory_gib, "baseline": self.baseline,
                 "speedup": self.images_per_s / baseline_images_per_s if baseline_images_per_s else None}
+
+
+def as_rows(results: List[Result], peak_tflops: Optional[float]) -> List[dict]:
+    """The table rows of results, each speed-up taken over its baseline's images/s in the same
+    workload."""
+    speed = {(r.workload, r.implementation): r.images_per_s for r in results}
+    return [r.as_dict(peak_tflops, speed.get((r.workload, r.baseline))) for r in results]
 
 
 def _measure(workload, impl, batch, fn, flops_per_image, device, warmup, repeats, baseline=None) -> Result:
@@ -108,7 +115,7 @@ def train_workloads(model_name: str, batch: int, device: torch.device, warmup: i
     """The training step of the reference and of the fast module under `dtype` autocast (default:
     bf16 on CUDA, fp32 on CPU) and, on CUDA, of the reference the official way (fp16 autocast,
     fp32 attention scores) and the fast step captured in a CUDA graph."""
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = dtype or PRECISIONS[default_precision(device.type)]
     flops = train_flops_per_image(CONFIGS[model_name])
     images = [torch.rand(batch, 3, 256, 256, device=device) for _ in range(ROTATE)]
     name = precision_name(dtype)
@@ -165,7 +172,7 @@ def sample_workloads(model_name: str, batch: Optional[int], num_iter: int, devic
     and at `batch` (None: the largest that fits; its speed-up over the official way). Each call
     draws new images: the seeds move on by a batch."""
     from ..sampler import Sampler, max_batch
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = dtype or PRECISIONS[default_precision(device.type)]
     cfg = CONFIGS[model_name]
     flops = sample_flops_per_image(cfg, num_iter)
     name = f"sample T={num_iter}"

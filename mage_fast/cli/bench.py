@@ -64,7 +64,7 @@ def run_kernel_scripts(out_dir, smoke):
 def run(args):
     from ..bench.measure import device_record, roofline_peak
     from ..bench.report import collect, describe, describe_nvml, stem, table, write
-    from ..bench.workloads import COLUMNS, sample_workloads, train_workloads
+    from ..bench.workloads import COLUMNS, as_rows, sample_workloads, train_workloads
     from ..telemetry import nvml_snapshot
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
@@ -82,8 +82,7 @@ def run(args):
     if args.what in ("sample", "all"):
         results += sample_workloads(model, args.sample_batch, args.num_iter, device, args.warmup, args.repeats,
                                     dtype=dtype)
-    speed = {(r.workload, r.implementation): r.images_per_s for r in results}
-    rows = [r.as_dict(peak, speed.get((r.workload, r.baseline))) for r in results]
+    rows = as_rows(results, peak)
     if args.what in ("kernels", "all"):
         with tempfile.TemporaryDirectory() as tmp:
             run_kernel_scripts(args.out or tmp, smoke=not cuda)

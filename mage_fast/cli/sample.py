@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..files import atomic_write
-from ..validation import PRECISIONS
+from ..validation import PRECISIONS, default_precision
 from .common import add_model_args, load_model, non_negative_float, positive_int
 
 log = logging.getLogger("mage_fast")
@@ -118,7 +118,7 @@ def run(args):
     if not 0 <= args.seed < 2**31:
         raise SystemExit("--seed must be in [0, 2^31)")
     ctx = distributed.init(args.device)
-    args.dtype = args.dtype or ("bf16" if ctx.device.type == "cuda" else "fp32")
+    args.dtype = args.dtype or default_precision(ctx.device.type)
     os.makedirs(args.out, exist_ok=True)
     if ctx.is_main:  # leftovers of writes a kill interrupted
         for path in glob.glob(os.path.join(glob.escape(args.out), "*.tmp*")) + \

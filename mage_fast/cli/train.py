@@ -12,7 +12,7 @@ official format. A run started again with the same OUT continues at the exact st
 import argparse
 import logging
 
-from ..validation import PRECISIONS
+from ..validation import PRECISIONS, default_precision
 from .common import add_model_args
 
 CHECKS = (  # (argument, valid, requirement)
@@ -82,7 +82,7 @@ def run(args):
         if not ctx.is_main:  # one process reports for all
             logging.getLogger("mage_fast").setLevel(logging.WARNING)
         cuda = ctx.device.type == "cuda"
-        args.precision = args.precision or ("bf16" if cuda else "fp32")
+        args.precision = args.precision or default_precision(ctx.device.type)
         if args.workers is None:
             args.workers = 10 if cuda else 0
         train(args, ctx)

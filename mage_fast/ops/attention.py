@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from ..backends import register_op, triton_backend, triton_version, uses_triton
+from ..validation import FLOAT_TYPES
 
 if triton_version() is not None:
     from mage_fast.kernels.attention import fused_attention
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
 
 register_op("attention")(triton_backend)
@@ -25,10 +25,11 @@ def attention(q, k, v, *, key_lengths=None, dropout_p=0.0, scale=None, seed=None
 
     key_lengths: [B] integers; keys at index >= key_lengths[b] are masked for every query of
     sample b (values above N mean N; a sample with no key, 0 or less, gets zero output and zero
-    gradients). dropout_p: attention dropout on the probabilities, scaled by
-    1/(1-p), in [0, 1 - 2^-16] (the kernels round p to a multiple of 2^-16). seed: int or one-element int64 tensor on q's device (read by the
-    kernel, so a CUDA-graph replay can take a new one); None draws one from torch's CPU
-    generator (a graph break under torch.compile: compiled code and CUDA graphs pass a tensor).
+    gradients). dropout_p: attention dropout on the probabilities, scaled by 1/(1-p), in
+    [0, 1 - 2^-16] (the kernels round p to a multiple of 2^-16). seed: int or one-element int64
+    tensor on q's device (read by the kernel, so a CUDA-graph replay can take a new one); None
+    draws one from torch's CPU generator (a graph break under torch.compile: compiled code and
+    CUDA graphs pass a tensor).
     The PyTorch fallback draws its mask from torch's RNG instead (same distribution)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
@@ -67,7 +68,7 @@ def attention_qkv(qkv, num_heads, *, key_lengths=None, dropout_p=0.0, scale=None
 def _check(x, batch, head_dim, key_lengths, dropout_p, scale, seed):
     """Validates what both entry points share; returns (key_lengths contiguous, scale as a float,
     seed as a device tensor or None). Nothing here reads tensor values: no host sync."""
-    if x.dtype not in _DTYPES:
+    if x.dtype not in FLOAT_TYPES:
         raise ValueError(f"attention: dtype {x.dtype} is not supported (fp32, fp16, bf16)")
     if head_dim % 8 or not 8 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"attention: head dim {head_dim} is not supported (a multiple of 8 up to {MAX_HEAD_DIM})")

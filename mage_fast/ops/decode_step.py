@@ -8,7 +8,7 @@ import torch
 from ..backends import extension_info, register_op
 from ..configs import MASK_ID
 from ..reference.decoding import decoding_step
-from ..validation import describe
+from ..validation import FLOAT_TYPES, describe
 
 
 _BUILT = extension_info()  # fixed for the process; read as a constant under torch.compile
@@ -41,7 +41,7 @@ def _check(logits, ids, step, num_iter, choice_temperature, num_initial_unknown,
     same way on every machine."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise ValueError(f"decode_step: logits must be [batch, positions, classes], got {describe(logits)}")
-    if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if logits.dtype not in FLOAT_TYPES:
         raise TypeError(f"decode_step: logits must be float32, float16 or bfloat16, got {logits.dtype}")
     if logits.stride(2) != 1:
         raise ValueError("decode_step: logits must be contiguous along the classes")
