@@ -46,10 +46,19 @@ class Sampler:
         filled = ids
         for step in range(self.num_iter):
             with self._autocast():
-                logits = self.model.logits_unchecked(ids)
+                logits = self._logits(ids)
             ids, filled = decode_step(logits, ids, seeds, step, self.num_iter, self.choice_temperature,
                                       num_initial_unknown)
         return filled
+
+    def _logits(self, ids):
+        """The transformer's logits [B, 256, 1024]: one batched forward on a GPU; on CPU one image
+        at a time, so that an image's numbers cannot depend on its batch. MKL and oneDNN choose
+        their kernels, and with them the rounding, by the matrices' shapes on some CPUs (the
+        batch size is one of them), as the VQGAN decode below does too."""
+        if self.device.type == "cuda":
+            return self.model.logits_unchecked(ids)
+        return torch.cat([self.model.logits_unchecked(ids[i: i + 1]) for i in range(ids.shape[0])])
 
     def _to_pixels(self, ids):
         """ids [B, 256] -> uint8 [B, 256, 256, 3], as the official script writes them:

@@ -17,6 +17,16 @@ def env_without_interpreter() -> dict:
     return {k: v for k, v in os.environ.items() if k not in INTERPRETER_VARIABLES}
 
 
+def _refuse(constant):
+    raise ValueError(f"not strict JSON: {constant}")
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as jq, browsers and RFC 8259 parsers do
+    (Python's json accepts them by default)."""
+    return json.loads(text, parse_constant=_refuse)
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64; NaN anywhere gives inf (never passes)."""
     out, ref = out.double(), ref.double()
@@ -30,6 +40,25 @@ def assert_error_bounded(out, same_precision, exact, factor=2.0, atol=1e-6, what
     `factor` times that of the same-precision PyTorch computation, plus a small atol."""
     err, base = rel_err(out, exact), rel_err(same_precision, exact)
     assert err <= factor * base + atol, f"{what}: error {err:.3e} vs PyTorch same-precision {base:.3e}"
+
+
+def assert_nearest_codes(ids, z, codebook, rel=1e-5):
+    """ids [B, H*W] are nearest codebook rows of the tokenizer's z [B, C, H, W] (token h*W + w):
+    each chosen code's float64 distance is within rel x (|z|^2 + max |e|^2) of the best, about
+    100x the fp32 round-off of a distance, and where the best code wins by more than that, the
+    choice is the float64 argmin. Two fp32 computations that sum in other orders (the
+    interpreter's BLAS and torch's MKL, say) may resolve a near-tie differently, on some CPUs
+    and not others: an exact comparison there would test the machine, not the code."""
+    rows = z.flatten(2).transpose(1, 2).reshape(-1, z.shape[1]).double()
+    e = codebook.double()
+    dist = rows.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * rows @ e.t()
+    two = dist.topk(2, dim=1, largest=False)
+    tol = rel * (rows.pow(2).sum(1) + e.pow(2).sum(1).max())
+    chosen = dist.gather(1, ids.reshape(-1, 1).long()).squeeze(1)
+    assert (chosen - two.values[:, 0] <= tol).all(), "a code farther than round-off from the nearest"
+    clear = two.values[:, 1] - two.values[:, 0] > tol
+    assert clear.float().mean() > 0.99, "too many near-ties for the test to mean anything"
+    assert torch.equal(ids.reshape(-1)[clear], two.indices[clear, 0])
 
 
 def without_host_sync(fn):

@@ -1,6 +1,5 @@
 """`mage-fast bench` (what `make bench` runs): end to end on CPU, its JSON, the MFU and roofline
 arithmetic, and machines without NVML."""
-import json
 import math
 import sys
 
@@ -14,13 +13,15 @@ from mage_fast.cli import main
 from mage_fast.roofline import roofline_for
 from mage_fast.telemetry import nvml_snapshot
 
+from helpers import strict_json
+
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU run of the bench")
 def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
     main(["bench", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "No GPU" in out and "images_per_s" in out and "sample T=12" in out
-    record = json.loads(next(tmp_path.glob("cpu-*[0-9].json")).read_text())
+    record = strict_json(next(tmp_path.glob("cpu-*[0-9].json")).read_text())
     for key in ("device", "date", "versions", "nvml", "nvml_after", "roofline", "model", "sections"):
         assert key in record, key
     assert record["model"] == "mage_vit_tiny_test" and record["roofline"] is None
@@ -32,6 +33,7 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
         assert r["median_ms"] > 0 and r["images_per_s"] > 0 and r["tflops"] > 0 and r["speedup"] > 0
         assert math.isclose(r["images_per_s"], r["batch"] / (r["median_ms"] / 1e3))
         assert r["mfu"] is None                                # no roofline for a CPU
+        assert r["peak_memory_gib"] is None                    # no allocator figure off the GPU: null, not NaN
     for kernel in ("attention", "vq", "token_drop", "decode_step", "mlm_loss"):
         rows = record["sections"][kernel]
         assert speedup_bars(kernel, rows), kernel  # our rows follow the scripts' shared convention
@@ -161,11 +163,11 @@ def test_scripts_run_in_stages_and_collect_into_one_report(tmp_path):
         return proc.stdout
     script("bench_vq.py", "--smoke", "--results-dir", str(tmp_path))
     script("bench_train.py", "--smoke", "--repeats", "1", "--results-dir", str(tmp_path))
-    train = json.loads(next(tmp_path.glob("*-train-mage_vit_tiny_test.json")).read_text())
+    train = strict_json(next(tmp_path.glob("*-train-mage_vit_tiny_test.json")).read_text())
     assert {r["implementation"] for r in train["sections"]["train-mage_vit_tiny_test"]} == {"reference fp32", "fast fp32"}
     prefix = next(tmp_path.glob("*-vq.json")).name[:-len("-vq.json")]
     out = script("collect.py", "--results-dir", str(tmp_path), "--prefix", prefix)
-    merged = json.loads((tmp_path / f"{prefix}.json").read_text())
+    merged = strict_json((tmp_path / f"{prefix}.json").read_text())
     assert list(merged["sections"]) == ["train-mage_vit_tiny_test", "vq"]  # the report's order, not the files'
     assert merged["columns"]["vq"][:2] == ["shape", "impl"] and merged["device"] == "cpu"
     md = (tmp_path / f"{prefix}.md").read_text()

@@ -1,5 +1,4 @@
 """The command line: `mage-fast info`, --help, and the FLOP counts the benchmarks report."""
-import json
 
 import pytest
 import torch
@@ -8,13 +7,15 @@ from mage_fast.bench.flops import detokenizer_flops, tokenizer_flops
 from mage_fast.cli import main
 from mage_fast.configs import MAGE_B, MAGE_L, SEQ_LEN, flops_per_image
 
+from helpers import strict_json
+
 
 def test_info_text_and_json(capsys):
     main(["info"])
     out = capsys.readouterr().out
     assert "torch" in out and "extension" in out and ("nvml" in out or "driver" in out)
     main(["info", "--json"])
-    info = json.loads(capsys.readouterr().out)
+    info = strict_json(capsys.readouterr().out)
     assert info["torch"] == torch.__version__
     assert info["extension"]["built"] and info["extension"]["cpu"]
     assert "error" in info["nvml"] or info["nvml"]["gpus"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import rel_err
+from helpers import rel_err, strict_json
 from mage_fast.configs import MAGE_B, MASK_ID
 from mage_fast.reference.decoding import schedule
 from mage_fast.reference.vqgan import VQGAN
@@ -20,15 +20,19 @@ from mage_fast.sampler import Sampler, pixel_mask_to_tokens
 
 
 def test_sampler_equals_reference_generate(tiny):
+    """Against the reference one image at a time, as the sampler computes on CPU: a batched
+    forward may round otherwise (MKL picks its kernels by shape on some CPUs)."""
     seeds = [5, 6, 7]
     ids, images = Sampler(tiny, num_iter=6, choice_temperature=4.5).run(seeds)
-    assert torch.equal(ids, tiny.generate(seeds, num_iter=6, choice_temperature=4.5))
+    assert torch.equal(ids, torch.cat([tiny.generate([s], num_iter=6, choice_temperature=4.5) for s in seeds]))
     expected = torch.cat([(tiny.detokenize(ids[i:i + 1]) * 255).to(torch.uint8) for i in range(3)]).permute(0, 2, 3, 1)
     assert images.dtype == torch.uint8 and images.shape == (3, 256, 256, 3)
     assert torch.equal(images, expected)
 
 
 def test_images_do_not_depend_on_the_batch(tiny):
+    """On CPU a property of the code, not of one machine's MKL: the sampler runs the transformer
+    and the VQGAN decode one image at a time."""
     sampler = Sampler(tiny, num_iter=4)
     ids, images = sampler.run([10, 11, 12, 13])
     for part in ([11], [13, 10]):
@@ -134,7 +138,7 @@ def test_killed_run_resumes_with_identical_files(tmp_path):
 def test_resume_with_other_settings_is_refused(tmp_path):
     out = tmp_path / "run"
     subprocess.run(sample_cmd(out), check=True, capture_output=True)
-    recorded = json.loads((out / "manifest.json").read_text())
+    recorded = strict_json((out / "manifest.json").read_text())
     assert recorded["batch_size"] == 2 and recorded["device"] == "cpu" and recorded["vqgan_ckpt"] is None
     assert set(recorded["backends"]) == {"attention", "decode_step", "mlm_loss", "token_drop", "vq_nearest"}
     proc = subprocess.run(sample_cmd(out, "--temperature", "6.0"), capture_output=True, text=True)

@@ -2,7 +2,6 @@
 the command: the loss falls, checkpoints are official and resume exactly, and two DDP processes
 match one process on the same global batch."""
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -13,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import rel_err
+from helpers import rel_err, strict_json
 
 from mage_fast.cli import main
 from mage_fast.data import ImageFolder
@@ -46,7 +45,7 @@ def load(path):
 
 def logged(out, key):
     with open(out / "log.jsonl") as f:
-        return [json.loads(line)[key] for line in f]
+        return [strict_json(line)[key] for line in f]
 
 
 def assert_same_state(a, b, params_atol=0.0, moments_rel=0.0):

@@ -68,13 +68,20 @@ def test_tokenizer_layout_is_raster_order(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_duplicate_codebook_rows_go_to_the_lowest_index(device):
     """Exactly equal distances (a code repeated, in the same tile, a later tile and the ragged
-    last tile): the first copy wins, as torch.argmin decides."""
+    last tile): the first copy wins, as torch.argmin decides. Small integers, so that every
+    distance is exact in fp32 whatever the summation order: two copies of a code in different
+    columns of a tile must tie on any BLAS (the interpreter's tl.dot goes through numpy's, whose
+    kernel, chosen by the CPU, may otherwise round equal columns one ulp apart)."""
     g = torch.Generator().manual_seed(11)
-    codebook = torch.randn(1000, 64, generator=g)
+    codebook = torch.randint(-4, 5, (1000, 64), generator=g).float()
     for first, copy in [(5, 700), (300, 301), (40, 999), (900, 950)]:
         codebook[copy] = codebook[first]
     picks = torch.tensor([5, 700, 300, 301, 40, 999, 900, 950] * 20)
-    z = codebook[picks] + 0.01 * torch.randn(len(picks), 64, generator=g)
+    # One coordinate moved by 1: distance 1 to both copies, >= 2 to every other code (checked).
+    z = codebook[picks].clone()
+    z[torch.arange(len(picks)), torch.randint(0, 64, (len(picks),), generator=g)] += 1
+    dist = (z[:, None, :] - codebook[None]).pow(2).sum(-1)
+    assert (dist.min(1).values == 1).all() and (dist == 1).sum(1).eq(2).all()
     ids = vq_nearest(z.to(device), codebook.to(device)).cpu()
     expected = torch.tensor([5, 5, 300, 300, 40, 40, 900, 900] * 20)
     assert torch.equal(vq_nearest_ref(z, codebook), expected)

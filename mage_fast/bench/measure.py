@@ -42,10 +42,10 @@ def bench_ms(fn, warmup=25, rep=100):
     return {"ms": statistics.median(times), "ms_p20": min(times), "ms_p80": max(times)}
 
 
-def peak_memory_gib(fn) -> float:
-    """Peak CUDA memory of one call of fn above what was allocated before (NaN off GPU)."""
+def peak_memory_gib(fn) -> Optional[float]:
+    """Peak CUDA memory of one call of fn above what was allocated before (None off GPU)."""
     if not torch.cuda.is_available():
-        return float("nan")
+        return None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()

@@ -6,11 +6,13 @@ import math
 import os
 from typing import Dict, List, Optional
 
+from ..files import write_json
+
 log = logging.getLogger("mage_fast")
 
 
 def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
@@ -43,9 +45,8 @@ def write(out_dir: str, record: dict, sections: Dict[str, tuple], name: Optional
     <stem>.md (the tables); returns the path stem."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, stem(record, name))
-    with open(path + ".json", "w") as f:
-        json.dump({**record, "sections": {t: rows for t, (rows, _) in sections.items()},
-                   "columns": {t: columns for t, (_, columns) in sections.items()}}, f, indent=2, default=str)
+    write_json(path + ".json", {**record, "sections": {t: rows for t, (rows, _) in sections.items()},
+                                "columns": {t: columns for t, (_, columns) in sections.items()}}, default=str)
     with open(path + ".md", "w") as f:
         f.write(f"# {record['device']}, {record['date']}\n\n{describe(record)}\n")
         for title, (rows, columns) in sections.items():

@@ -33,7 +33,7 @@ class Result:
     batch: int
     ms: List[float] = field(default_factory=list)   # per step, one per repeat
     flops_per_image: float = 0.0
-    peak_memory_gib: float = float("nan")          # reserved by the allocator for the whole case, graph pools included
+    peak_memory_gib: Optional[float] = None        # reserved by the allocator for the whole case, graph pools included
     baseline: Optional[str] = None                  # the implementation its speed-up is taken over
 
     @property
@@ -71,7 +71,7 @@ def _measure(workload, impl, batch, fn, flops_per_image, device, warmup, repeats
     """Times fn; the peak memory is the allocator's reserved peak since the case began
     (_fresh), so a CUDA graph's pool, captured before timing, counts like eager activations."""
     ms = time_ms(fn, device, warmup, repeats)
-    peak = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else float("nan")
+    peak = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None
     return Result(workload, impl, batch, ms, flops_per_image, peak, baseline)
 
 

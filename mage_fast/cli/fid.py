@@ -5,10 +5,10 @@ PNG, MAGE_SPEC.md 5) or a .npz of precomputed statistics with arrays `mu` and `s
 torch-fidelity is an optional extra (pip install torch-fidelity) and the Inception weights a
 download: pass their file with --inception-weights on machines without internet.
 """
-import json
 import os
 import urllib.error
 
+from ..files import write_json
 from .common import positive_int
 
 
@@ -72,5 +72,4 @@ def run(args):
     for name, value in metrics.items():
         print(f"{name:40s} {value:.4f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(metrics, f, indent=2)
+        write_json(args.json, metrics)

@@ -1,5 +1,5 @@
 """`mage-fast info`: versions, GPU, extension build and op backends: what a bug report needs."""
-import json
+from ..files import to_json
 
 
 def register(sub):
@@ -18,7 +18,7 @@ def collect() -> dict:
 def run(args):
     info = collect()
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(to_json(info, indent=2, default=str))
         return
     ext = info["extension"]
     print(f"python       {info['python']} ({info['platform']})")

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..data import ImageFolder, shard
-from ..files import atomic_write
+from ..files import atomic_write, to_json, write_json
 from .store import FeatureSet, check_format, save_features
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,7 @@ def _prepare_partial(partial: str, manifest: dict):
                     "starting over", partial)
         shutil.rmtree(partial)
     os.makedirs(partial)
-    with atomic_write(path) as f:
-        f.write(json.dumps(manifest, indent=1).encode())
+    write_json(path, manifest, indent=1)
 
 
 def extract_features(model, dataset: ImageFolder, out: str, pool: str = "avg", batch_size: int = 64,
@@ -73,7 +72,7 @@ def extract_features(model, dataset: ImageFolder, out: str, pool: str = "avg", b
     chunks = [range(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     partial = out + ".partial"
     # Anything that changes a chunk's content: a rerun with other settings must not reuse it.
-    manifest = json.loads(json.dumps({
+    manifest = json.loads(to_json({
         **(meta or {}), "pool": pool, "batch_size": batch_size, "chunk_size": chunk_size, "images": n,
         "files_sha1": hashlib.sha1("\n".join(dataset.files).encode()).hexdigest()}))
     if rank == 0:

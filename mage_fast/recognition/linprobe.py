@@ -8,7 +8,9 @@ without replacement and the last incomplete one is dropped, as the official load
 Where it differs from the official run: the features are computed once from the eval crop,
 while the official probe re-encodes a RandomResizedCrop + flip of each image every epoch
 (with the token embedding's dropout active); it trains in fp32 rather than fp16 autocast; it
-reports the accuracy after the last epoch, not the best over epochs.
+reports the accuracy after the last epoch, not the best over epochs; and a run shorter than
+`min_steps` optimizer steps (a small training set: one step per epoch) is stretched to that many,
+warm-up included, where the official schedule would stop before LARS's small steps converge.
 """
 import math
 from typing import Optional
@@ -71,20 +73,38 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return 100.0 * (top == labels[:, None]).any(dim=1).float().mean().item()
 
 
+def probe_schedule(num_train: int, batch: int, epochs: int, warmup: float, min_steps: int):
+    """(epochs, warm-up epochs, steps per epoch) of the run. The official schedule when it takes
+    at least min_steps optimizer steps; otherwise both are stretched by one factor to reach
+    min_steps. LARS moves each matrix by at most lr x trust coefficient (0.001) of its norm per
+    step, so the official 90 epochs, which are ~28,000 steps on ImageNet at batch 4096, leave a
+    head on a few thousand features (one step per epoch) far from converged."""
+    steps = num_train // batch
+    if epochs * steps >= min_steps:
+        return epochs, warmup, steps
+    stretched = math.ceil(min_steps / steps)
+    return stretched, warmup * stretched / epochs, steps
+
+
 def linear_probe(train: FeatureSet, val: FeatureSet, epochs: int = 90, batch_size: int = 4096,
                  blr: float = 0.1, warmup_epochs: Optional[float] = None, seed: int = 0,
-                 device="cpu", progress: bool = True) -> dict:
+                 device="cpu", progress: bool = True, min_steps: int = 1000) -> dict:
     """Train the probe on `train`, evaluate on `val`: {"top1", "top5"} in percent, with the lr,
     batch size and schedule used. warmup_epochs defaults to epochs / 9 (10 of the official 90);
-    a training set smaller than batch_size is one batch (and the lr follows that batch)."""
+    a training set smaller than batch_size is one batch (and the lr follows that batch). A run of
+    fewer than min_steps optimizer steps is stretched to min_steps (see `probe_schedule`); "schedule"
+    in the result says which ran."""
     num_classes = labelled_pair(train, val)
     warmup = epochs / 9 if warmup_epochs is None else warmup_epochs
     if epochs < 1 or not 0 <= warmup < epochs:
         raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs < epochs, got {epochs}, {warmup}")
+    if min_steps < 0:
+        raise ValueError(f"min_steps must be >= 0, got {min_steps}")
     batch = min(batch_size, len(train.features))
     if batch < 2:  # BatchNorm needs two rows to normalise
         raise ValueError(f"the linear probe needs batches of at least 2 features, got {batch}")
     lr = blr * batch / 256
+    run_epochs, warmup, steps = probe_schedule(len(train.features), batch, epochs, warmup, min_steps)
     generator = torch.Generator().manual_seed(seed)
     head = nn.Sequential(nn.BatchNorm1d(train.dim, affine=False, eps=1e-6), nn.Linear(train.dim, num_classes))
     nn.init.trunc_normal_(head[1].weight, std=0.01, generator=generator)
@@ -92,14 +112,13 @@ def linear_probe(train: FeatureSet, val: FeatureSet, epochs: int = 90, batch_siz
     head.to(device)
     x, y = torch.from_numpy(train.features).float().to(device), torch.from_numpy(train.labels).to(device)
     optimizer = LARS(head.parameters(), lr=lr, weight_decay=0.0, momentum=0.9)
-    steps = len(x) // batch
-    bar = tqdm(range(epochs), desc="linear probe", unit="epoch", disable=not progress)
+    bar = tqdm(range(run_epochs), desc="linear probe", unit="epoch", disable=not progress)
     for epoch in bar:
         head.train()
         order = torch.randperm(len(x), generator=generator).to(device)
         for step in range(steps):
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(epoch + step / steps, lr, epochs, warmup)
+                group["lr"] = lr_at(epoch + step / steps, lr, run_epochs, warmup)
             idx = order[step * batch:(step + 1) * batch]
             loss = F.cross_entropy(head(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -111,5 +130,7 @@ def linear_probe(train: FeatureSet, val: FeatureSet, epochs: int = 90, batch_siz
         logits = head(torch.from_numpy(val.features).float().to(device))
     labels = torch.from_numpy(val.labels).to(device)
     return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5),
-            "lr": lr, "batch_size": batch, "epochs": epochs, "warmup_epochs": warmup,
+            "lr": lr, "batch_size": batch, "epochs": run_epochs, "warmup_epochs": warmup, "steps": run_epochs * steps,
+            "schedule": "official" if run_epochs == epochs else
+            f"stretched: the {epochs} epochs asked for are {epochs * steps} steps, fewer than {min_steps}",
             "train": len(x), "val": len(labels), "classes": num_classes}

@@ -8,7 +8,7 @@ from typing import List
 import numpy as np
 import torch
 
-from ..files import atomic_write
+from ..files import atomic_write, to_json
 
 FORMATS = (".npz", ".pt")
 
@@ -36,7 +36,7 @@ def save_features(path: str, fs: FeatureSet):
     with atomic_write(path) as f:
         if path.endswith(".npz"):
             np.savez(f, features=fs.features, labels=fs.labels, files=np.array(fs.files, dtype=str),
-                     classes=np.array(fs.classes, dtype=str), meta=np.array(json.dumps(fs.meta)))
+                     classes=np.array(fs.classes, dtype=str), meta=np.array(to_json(fs.meta)))
         else:
             torch.save({"features": torch.from_numpy(fs.features), "labels": torch.from_numpy(fs.labels),
                         "files": fs.files, "classes": fs.classes, "meta": fs.meta}, f)

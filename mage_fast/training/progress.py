@@ -1,7 +1,6 @@
 """Progress of a training run: a tqdm bar (loss, lr, images/s, ETA), a log line and a line of
 OUT/log.jsonl at each report, on rank 0. The loss is summed on the device between reports, so
 steps in between need no host sync."""
-import json
 import math
 import os
 import time
@@ -9,6 +8,8 @@ import time
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
+
+from ..files import append_json_line
 
 LOG = "log.jsonl"
 
@@ -49,8 +50,8 @@ class Progress:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3e}", img_s=f"{rate:.1f}", refresh=False)
             self.bar.write(f"step {step}/{self.stop}  epoch {epoch:.3f}  loss {loss:.4f}  lr {lr:.3e}  "
                            f"{rate:.1f} images/s")
-            with open(self.log_path, "a") as f:
-                f.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": rate}) + "\n")
+            append_json_line(self.log_path, {"step": step, "epoch": epoch, "loss": loss, "lr": lr,
+                                             "images_per_s": rate})
         self._restart()
         return loss
 
