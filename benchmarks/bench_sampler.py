@@ -2,7 +2,7 @@
 the CUDA-graph sampler at its maximum batch, against the reference run as the official script
 runs it (fp32 eager, batch 32, torch Categorical + numpy Gumbel) and the reference under bf16
 autocast at that batch; the fast sampler at batch 32 too, against that bf16 reference. MFU
-from MAGE_SPEC's FLOP counts: T x ~78 GFLOP + ~187 GFLOP (MAGE-B).
+from the FLOP counts of docs/kernels.md#model-flop-counts: T x ~78 GFLOP + ~187 GFLOP (MAGE-B).
 
 Also the VQGAN decode alone, in NCHW and in channels_last (the sampler's choice), time and peak
 memory at batch 32: convolutions prefer channels_last on tensor cores, but a GroupNorm that

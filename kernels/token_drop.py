@@ -1,4 +1,4 @@
-"""Sync-free token dropping for the training forward (MAGE_SPEC.md 3): the drop/mask sets from
+"""Sync-free token dropping for the training forward (docs/mage.md#training-forward, steps 3-6): the drop/mask sets from
 the noise, the encoder input of the kept rows (gather + add + LayerNorm) and the decoder's
 restore to all 257 slots, forward and backward. Every shape is fixed per step (129 kept rows,
 257 slots), so the training step can be captured in a CUDA graph.

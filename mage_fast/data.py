@@ -120,7 +120,8 @@ def _check_interpolation(interpolation: str):
 
 class EvalTransform:
     """Resize the shorter side to `resize`, center-crop `size`, to [0, 1] CHW. The defaults are
-    the FID preprocessing (MAGE_SPEC 5); the official linear probe resizes to 292 instead."""
+    the FID preprocessing (docs/mage.md#evaluation-and-published-numbers); the official linear
+    probe resizes to 292 instead."""
 
     def __init__(self, size: int = 256, resize: int = 256, interpolation: str = "bicubic"):
         if resize < size:

@@ -1,4 +1,4 @@
-"""Peak bf16 dense throughput and HBM bandwidth of the GPUs we report on (KERNEL_NOTES.md),
+"""Peak bf16 dense throughput and HBM bandwidth of the GPUs we report on (docs/kernels.md#peak-figures),
 to state achieved TFLOP/s and GB/s as a fraction of what the device can do."""
 from dataclasses import dataclass
 from typing import Optional

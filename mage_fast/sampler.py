@@ -4,7 +4,7 @@ CUDA graph per batch size and replayed; eager on CPU.
 Every random number comes from the decoding-step op's Philox streams keyed by each image's
 seed, so an image depends on its seed alone. On a GPU that holds for a given batch size:
 cuBLAS and cuDNN choose kernels by shape, and another batch size may round differently, so
-`mage-fast sample` pins the batch size of a run (README, Sampling).
+`mage-fast sample` pins the batch size of a run (docs/reproducibility.md#batch-invariance).
 """
 import logging
 from typing import Dict, Optional, Sequence, Union

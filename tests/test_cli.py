@@ -29,8 +29,8 @@ def test_help_explains_each_command(capsys):
     assert "--model" in capsys.readouterr().out
 
 
-def test_flop_counts_match_the_spec():
-    """MAGE_SPEC.md: tokenizer ~129 and decoder ~187 GFLOP/image; a generation step ~78
+def test_flop_counts_match_the_documented_figures():
+    """docs/kernels.md#model-flop-counts: tokenizer ~129 and decoder ~187 GFLOP/image; a generation step ~78
     (MAGE-B) and ~217 (MAGE-L) GFLOP/image."""
     assert abs(tokenizer_flops(MAGE_B) / 1e9 - 129) < 1
     assert abs(detokenizer_flops(MAGE_B) / 1e9 - 187) < 1

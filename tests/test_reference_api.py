@@ -76,7 +76,7 @@ def test_base_config_builds_and_runs_one_logits_call():
     model = mage_vit_base_patch16().eval()
     used = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad
                and n.split(".")[0] not in ("patch_embed", "cls_token", "mask_token", "decoder_pred"))
-    assert 144e6 < used < 146e6                     # MAGE_SPEC.md: ~145M used
+    assert 144e6 < used < 146e6                     # docs/mage.md#transformer: ~145M used
     assert 54e6 < sum(p.numel() for p in model.vqgan.parameters()) < 55e6   # tokenizer ~54.6M
     ids = torch.randint(0, 1024, (1, 256))
     ids[0, 100:] = MASK_ID

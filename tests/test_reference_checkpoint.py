@@ -1,4 +1,5 @@
-"""state_dict keys are the official model's, and checkpoints load strictly (MAGE_SPEC.md 1, 6)."""
+"""state_dict keys are the official model's, and checkpoints load strictly (docs/mage.md#tokenizer,
+docs/mage.md#checkpoints)."""
 import argparse
 
 import pytest
@@ -15,7 +16,7 @@ def resnet_keys(prefix, shortcut=False):
 
 
 def official_vqgan_keys():
-    """MaskGIT's VQGAN (ch 128, ch_mult 1,1,2,2,4, 2 blocks per level), written from the spec."""
+    """MaskGIT's VQGAN (ch 128, ch_mult 1,1,2,2,4, 2 blocks per level), as docs/mage.md#tokenizer describes it."""
     keys = ["encoder.conv_in.weight", "encoder.norm_out.weight", "encoder.norm_out.bias",
             "encoder.conv_out.weight", "encoder.conv_out.bias",
             "decoder.conv_in.weight", "decoder.conv_in.bias", "decoder.norm_out.weight",

@@ -1,4 +1,4 @@
-"""Generation: Philox, the exact math, the schedule, and the decoding step (MAGE_SPEC.md 4)."""
+"""Generation: Philox, the exact math, the schedule, and the decoding step (docs/mage.md#generation)."""
 import math
 
 import pytest
@@ -16,8 +16,8 @@ PHILOX_KAT = [
     ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
      (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
 ]
-SPEC_T12 = [3, 6, 11, 15, 18, 22, 26, 27, 31, 31, 33, 33]
-SPEC_T20 = [1, 3, 4, 5, 7, 8, 10, 11, 13, 13, 15, 16, 17, 17, 19, 18, 20, 19, 20, 20]
+SCHEDULE_T12 = [3, 6, 11, 15, 18, 22, 26, 27, 31, 31, 33, 33]
+SCHEDULE_T20 = [1, 3, 4, 5, 7, 8, 10, 11, 13, 13, 15, 16, 17, 17, 19, 18, 20, 19, 20, 20]
 
 
 @pytest.mark.parametrize("counter,key,expected", PHILOX_KAT)
@@ -52,12 +52,12 @@ def test_exact_exp_and_log_are_accurate():
     assert torch.isfinite(g).all()
 
 
-def test_schedule_matches_the_spec_tables():
-    assert schedule(12) == SPEC_T12 and sum(SPEC_T12) == 256
-    assert schedule(20) == SPEC_T20 and sum(SPEC_T20) == 256
+def test_schedule_matches_the_documented_tables():
+    assert schedule(12) == SCHEDULE_T12 and sum(SCHEDULE_T12) == 256
+    assert schedule(20) == SCHEDULE_T20 and sum(SCHEDULE_T20) == 256
 
 
-@pytest.mark.parametrize("num_iter,table", [(12, SPEC_T12), (20, SPEC_T20)])
+@pytest.mark.parametrize("num_iter,table", [(12, SCHEDULE_T12), (20, SCHEDULE_T20)])
 def test_generation_fixes_tokens_per_the_schedule(tiny, num_iter, table):
     seeds = torch.tensor([11, 12])
     ids = torch.full((2, 256), MASK_ID)

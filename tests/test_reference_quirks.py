@@ -1,4 +1,5 @@
-"""Each quirk of the official code that the reference must copy (MAGE_SPEC.md 1-3)."""
+"""Each quirk of the official code that the reference must copy (docs/mage.md#tokenizer,
+docs/mage.md#transformer, docs/mage.md#training-forward)."""
 import torch
 from torch import nn
 

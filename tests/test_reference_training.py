@@ -1,4 +1,4 @@
-"""The training forward's masking: counts, subsets, ties, the mask-ratio draw (MAGE_SPEC.md 3)."""
+"""The training forward's masking: counts, subsets, ties, the mask-ratio draw (docs/mage.md#training-forward)."""
 import math
 
 import pytest
@@ -48,7 +48,7 @@ def test_mask_ratio_draw_is_the_truncated_normal(tiny):
     a, b = (0.5 - 0.55) / 0.25, (1.0 - 0.55) / 0.25
     phi = lambda x: math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
     cdf = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))
-    mean = 0.55 + 0.25 * (phi(a) - phi(b)) / (cdf(b) - cdf(a))   # ~0.694 (MAGE_SPEC.md)
+    mean = 0.55 + 0.25 * (phi(a) - phi(b)) / (cdf(b) - cdf(a))   # ~0.694 (docs/mage.md#training-forward)
     assert abs(mean - 0.694) < 1e-3
     assert abs(draws.mean().item() - mean) < 0.01   # ~5 standard errors at 4000 draws
 

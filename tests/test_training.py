@@ -1,4 +1,4 @@
-"""`mage-fast train` (MAGE_SPEC 3): the recipe's pieces on known numbers, then short CPU runs of
+"""`mage-fast train` (docs/mage.md#recipe): the recipe's pieces on known numbers, then short CPU runs of
 the command: the loss falls, checkpoints are official and resume exactly, and two DDP processes
 match one process on the same global batch."""
 import argparse

@@ -1,4 +1,4 @@
-"""FLOP counts of MAGE's workloads, for TFLOP/s and MFU (MAGE_SPEC.md: ~129 GFLOP/image for
+"""FLOP counts of MAGE's workloads, for TFLOP/s and MFU (docs/kernels.md#model-flop-counts: ~129 GFLOP/image for
 the tokenizer, ~187 for the VQGAN decoder, ~78 (MAGE-B) and ~217 (MAGE-L) per generation step)."""
 from typing import Callable
 

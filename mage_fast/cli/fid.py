@@ -1,7 +1,7 @@
 """`mage-fast fid`: FID and Inception Score of generated images with torch-fidelity.
 
 --ref is a folder of reference images (ImageNet val: Resize 256 + CenterCrop 256, saved as
-PNG, MAGE_SPEC.md 5) or a .npz of precomputed statistics with arrays `mu` and `sigma`.
+PNG, docs/mage.md#evaluation-and-published-numbers) or a .npz of precomputed statistics with arrays `mu` and `sigma`.
 torch-fidelity is an optional extra (pip install torch-fidelity) and the Inception weights a
 download: pass their file with --inception-weights on machines without internet.
 """

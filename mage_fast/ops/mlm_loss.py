@@ -1,9 +1,10 @@
 """MAGE's MLM head logits and label-smoothed cross-entropy, fused chunk by chunk.
 
 loss = sum_i w_i * [(1 - s) * NLL_i + s * mean_v(-log p_iv)] / sum_i w_i over rows i, with
-logits = h @ W^T + b over the 1024 codebook columns (MAGE_SPEC.md 2, 3). A chunk's logits live
-only inside the chunk: the [rows, 1024] matrix (let alone [B, 257, 2025]) is never stored. The
-loss ends the graph, so its gradient is computed during the forward pass and backward only
+logits = h @ W^T + b over the 1024 codebook columns (docs/mage.md#transformer,
+docs/mage.md#training-forward; the design: docs/kernels.md#mlm-head-and-loss). A chunk's logits
+live only inside the chunk: the [rows, 1024] matrix (let alone [B, 257, 2025]) is never stored.
+The loss ends the graph, so its gradient is computed during the forward pass and backward only
 scales it (the Liger-Kernel fused-linear-cross-entropy scheme). W gets no gradient: the official
 head reads the word embeddings detached. The GEMMs run in the autocast dtype when autocast is
 on (as the official head does under fp16), the softmax in fp32.

@@ -1,4 +1,4 @@
-"""Sync-free token dropping for the training forward (MAGE_SPEC.md 3, steps 3-6).
+"""Sync-free token dropping for the training forward (docs/mage.md#training-forward, steps 3-6).
 
 - `mask_sets(noise, num_dropped, num_masked)` -> (keep_index [B, 257 - num_dropped] int64, the
   kept slots ascending, slot 0 first; masked [B, 257] bool, slot 0 False).

@@ -1,4 +1,4 @@
-"""vq_nearest: the tokenizer's codebook lookup (MAGE_SPEC.md 1), the nearest codebook row of
+"""vq_nearest: the tokenizer's codebook lookup (docs/mage.md#tokenizer), the nearest codebook row of
 each vector by plain L2 in fp32, first index on ties. The Triton kernel (kernels/vq.py) fuses
 distance and argmin; `vq_nearest_ref` is the official expression it is held to and the fallback."""
 from typing import Tuple

@@ -1,4 +1,4 @@
-"""MAGE pretraining: the official recipe (MAGE_SPEC 3) as reusable pieces and the loop of
+"""MAGE pretraining: the official recipe (docs/mage.md#recipe) as reusable pieces and the loop of
 `mage-fast train`."""
 from .batches import TrainOrder, TrainSamples, seed_of
 from .loop import train

@@ -1,4 +1,4 @@
-"""The pretraining loop (MAGE_SPEC 3; LTH14/mage engine_pretrain.py), on one process or under
+"""The pretraining loop (docs/mage.md#recipe; LTH14/mage engine_pretrain.py), on one process or under
 torchrun with DDP. `train(args, ctx)` takes the arguments of `mage-fast train` as its `run`
 completes them (precision and workers chosen for the device) and a mage_fast.distributed.Dist."""
 import contextlib

@@ -7,7 +7,7 @@ from torch import nn
 
 BETAS = (0.9, 0.95)
 # Registered by MAGE only so that checkpoints load strictly; its forward never reads them
-# (MAGE_SPEC 2). pos_embed and decoder_pos_embed are frozen already.
+# (docs/mage.md#transformer). pos_embed and decoder_pos_embed are frozen already.
 UNUSED = ("cls_token", "mask_token", "patch_embed.", "decoder_pred.")
 
 
