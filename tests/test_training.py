@@ -280,8 +280,18 @@ def test_two_ddp_processes_match_one_process(tmp_path):
     assert ddp["train_state"]["global_batch"] == one["train_state"]["global_batch"] == 2
     moved = max((one["model"][k] - v).abs().max().item() for k, v in mage_state_at_init().items())
     assert moved > 1e-3                   # the steps moved the weights, both runs alike:
-    # gradients to fp32 rounding; Adam turns rounding noise on gradients that are ~0 in exact
-    # arithmetic (the key biases') into updates of up to lr, hence 3% of one step for weights.
+    # gradients to fp32 rounding. The key biases' gradient is 0 in exact arithmetic (softmax
+    # ignores a constant added to every score of a row), so what they get is rounding noise,
+    # which Adam scales up to steps of lr whatever its size: on another CPU's BLAS path those
+    # noise-driven steps differ by up to lr each. They are held to 3 steps of lr; every other
+    # weight to 3% of one step.
+    for state in (ddp, one):
+        state["model"] = dict(state["model"])
+    for k in [k for k in one["model"] if k.endswith("attn.qkv.bias")]:
+        d = one["model"][k].shape[0] // 3
+        torch.testing.assert_close(ddp["model"][k][d:2 * d], one["model"][k][d:2 * d], rtol=0, atol=3e-3, msg=k)
+        for state in (ddp, one):
+            state["model"][k] = torch.cat([state["model"][k][:d], state["model"][k][2 * d:]])
     assert_same_state(ddp, one, params_atol=3e-5, moments_rel=1e-4)
 
 
