@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..backends import register_backend, triton_backend
 from ..configs import CODEBOOK_SIZE, FAKE_CLASS_ID, MASK_ID, NUM_TOKENS, SEQ_LEN, VOCAB_SIZE
-from ..reference.model import keep_rows, restore_slots, threshold_sets, with_class_token
+from ..reference.model import keep_rows, masked_tokens, restore_slots, slot_sets, threshold_sets
 from ..validation import FLOAT_TYPES, INDEX_TYPES, check_tensor, describe, values_checkable
 
 Tensor = torch.Tensor
@@ -230,11 +230,6 @@ def restore(x: Tensor, keep_index: Tensor, masked: Tensor, pos_embed: Tensor) ->
 
 
 # The sync-free PyTorch formulation, where the kernels do not run.
-def _tokens(ids, masked):
-    """The 257 token ids: the class token, then the image's ids with masked ones set to MASK_ID."""
-    return torch.where(masked, MASK_ID, with_class_token(ids))
-
-
 def _mask_sets_pytorch(noise, num_dropped, num_masked):
     """The kernel's stable ranks by sorting: fixed shapes, and num_masked only enters a
     comparison, so a device tensor needs no sync (the kernel does it in one launch)."""
@@ -247,7 +242,7 @@ def _mask_sets_pytorch(noise, num_dropped, num_masked):
 
 def _embed_and_drop_pytorch(ids, masked, keep_index, word, pos, weight, bias, eps):
     keep_index = keep_index.long()
-    x = F.embedding(_tokens(ids, masked).gather(1, keep_index), word) + F.embedding(keep_index, pos)
+    x = F.embedding(masked_tokens(ids, masked).gather(1, keep_index), word) + F.embedding(keep_index, pos)
     return F.layer_norm(x, (word.shape[1],), weight, bias, eps)
 
 
@@ -267,16 +262,14 @@ def _keep_mask(keep_index):
 def mask_sets_ref(noise, num_dropped, num_masked):
     """The official thresholds, as (keep_index, masked) [B, 257]. Sets of the right size only
     for noise without ties at the thresholds."""
-    dropped, masked = threshold_sets(noise, num_dropped, int(num_masked))
-    no = torch.zeros_like(masked[:, :1])
-    keep = torch.cat([~no, ~dropped], dim=1)
-    return keep.nonzero(as_tuple=True)[1].view(noise.shape[0], -1), torch.cat([no, masked], dim=1)
+    keep, masked = slot_sets(*threshold_sets(noise, num_dropped, int(num_masked)))
+    return keep.nonzero(as_tuple=True)[1].view(noise.shape[0], -1), masked
 
 
 def embed_and_drop_ref(ids, masked, keep_index, word, pos, weight, bias, eps=1e-6):
     """The official encoder input (no dropout): embed and normalise all 257 tokens, then keep
     the rows of keep_index by boolean nonzero indexing."""
-    x = F.layer_norm(F.embedding(_tokens(ids, masked), word) + pos, (word.shape[1],), weight, bias, eps)
+    x = F.layer_norm(F.embedding(masked_tokens(ids, masked), word) + pos, (word.shape[1],), weight, bias, eps)
     return keep_rows(x, _keep_mask(keep_index))
 
 
