@@ -32,7 +32,7 @@ def implementations(smoke):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import flex_attention
 
-    from mage_fast.ops import attention, attention_qkv
+    from mage_fast.ops.attention import attention, attention_qkv
     from mage_fast.reference.layers import attention_official
 
     def sdpa(backend):
@@ -85,7 +85,7 @@ def measure(make, q, k, v, do, mode):
 
 
 def bench_shape(impls, workload, b, h, n, d, dtype, device, record):
-    from mage_fast.kernels.attention import attention_ref
+    from mage_fast.ops.attention import attention_ref
     g = torch.Generator(device=device).manual_seed(0)
     q, k, v, do = (torch.randn(b, h, n, d, generator=g, device=device).to(dtype) for _ in range(4))
     reference = attention_ref(q.float(), k.float(), v.float())
@@ -123,12 +123,12 @@ def main():
     args = setup(__doc__, "attention", lambda p: p.add_argument(
         "--batch", type=int, nargs="+", default=[64], help="batch sizes (default: 64)"))
     cuda = torch.cuda.is_available()
-    from mage_fast.backends import triton_backend
+    from mage_fast.ops.attention import backend
     device = "cuda" if cuda else "cpu"
     # bf16 is what MAGE trains in; the interpreter miscomputes bf16, so the smoke run uses fp32.
     dtype = torch.bfloat16 if cuda else torch.float32
     record = device_record()
-    print(f"{record['device']}: attention runs as {triton_backend(device)}")
+    print(f"{record['device']}: attention runs as {backend(device)}")
     impls = implementations(args.smoke)
     rows = []
     for b in ([1] if args.smoke else args.batch):

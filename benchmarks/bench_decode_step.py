@@ -9,7 +9,7 @@ import torch
 from common import compare, device_record, finish, setup
 from mage_fast.bench.baselines import official_step
 from mage_fast.configs import MASK_ID
-from mage_fast.ops import decode_step
+from mage_fast.ops.decode_step import decode_step
 from mage_fast.reference import decoding_step
 
 

@@ -20,12 +20,13 @@ from mage_fast.cuda_graphs import capture
 COLUMNS = ["op", "dtype", "impl", "ms", "gb_s", "of_hbm", "speedup", "peak_gib"]
 
 
-def workloads(batch, dim, dtype, device, ops):
+def workloads(batch, dim, dtype, device):
     """{op: (bytes, {impl: fn})} for the sets, the encoder input and the restore."""
-    from mage_fast.ops.token_drop import embed_and_drop_ref, mask_sets_ref, restore_ref
+    from mage_fast.ops.token_drop import (embed_and_drop, embed_and_drop_ref, mask_sets, mask_sets_ref, restore,
+                                          restore_ref)
     num_masked = math.ceil(256 * 0.694)  # the mean mask ratio
     noise = torch.rand(batch, 256, device=device)
-    keep_index, masked = ops.mask_sets(noise, 128, num_masked)
+    keep_index, masked = mask_sets(noise, 128, num_masked)
     kept = keep_index.shape[1]
     ids = torch.randint(0, 1024, (batch, 256), device=device)
     tables = [torch.randn(s, device=device, dtype=dtype, requires_grad=True)
@@ -55,28 +56,26 @@ def workloads(batch, dim, dtype, device, ops):
     return {
         "mask_sets": (noise.numel() * 4 + masked.numel() + keep_index.numel() * 8,
                       {"official": lambda: mask_sets_ref(noise, 128, num_masked),
-                       "mage_fast": lambda: ops.mask_sets(noise, 128, num_masked)}),
+                       "mage_fast": lambda: mask_sets(noise, 128, num_masked)}),
         "embed_and_drop fwd": (index_bytes + table_bytes + rows_bytes + stats,
-                               {"official": encoder(embed_and_drop_ref, False), "mage_fast": encoder(ops.embed_and_drop, False)}),
+                               {"official": encoder(embed_and_drop_ref, False), "mage_fast": encoder(embed_and_drop, False)}),
         "embed_and_drop fwd+bwd": (2 * (index_bytes + table_bytes + rows_bytes + stats) + table_bytes,
-                                   {"official": encoder(embed_and_drop_ref, True), "mage_fast": encoder(ops.embed_and_drop, True)}),
+                                   {"official": encoder(embed_and_drop_ref, True), "mage_fast": encoder(embed_and_drop, True)}),
         "restore fwd": (index_bytes + rows_bytes + pos.numel() * size + seq_bytes,
-                        {"official": decoder(restore_ref, False), "mage_fast": decoder(ops.restore, False)}),
+                        {"official": decoder(restore_ref, False), "mage_fast": decoder(restore, False)}),
         "restore fwd+bwd": (2 * (index_bytes + rows_bytes + pos.numel() * size + seq_bytes),
-                            {"official": decoder(restore_ref, True), "mage_fast": decoder(ops.restore, True)}),
+                            {"official": decoder(restore_ref, True), "mage_fast": decoder(restore, True)}),
     }
 
 
 def main():
     args = setup(__doc__, "token_drop")
     cuda = torch.cuda.is_available()
-    from mage_fast import ops
-
     record = device_record()
     batch, dim = (2, 64) if args.smoke else (256, 768)
     rows = []
     for dtype in (torch.bfloat16, torch.float32) if cuda else (torch.float32,):
-        for op, (nbytes, impls) in workloads(batch, dim, dtype, "cuda" if cuda else "cpu", ops).items():
+        for op, (nbytes, impls) in workloads(batch, dim, dtype, "cuda" if cuda else "cpu").items():
             if cuda:
                 impls["mage_fast (CUDA graph)"] = capture(impls["mage_fast"])[0].replay
             case = {r["impl"]: r for r in compare(impls, {"op": op, "dtype": str(dtype).replace("torch.", "")},

@@ -15,8 +15,7 @@ COLUMNS = ["shape", "impl", "ms", "tflops", "of_peak", "peak_gib", "speedup", "s
 
 def main():
     args = setup(__doc__, "vq")
-    from mage_fast.ops import vq_nearest
-    from mage_fast.ops.vq import vq_nearest_ref
+    from mage_fast.ops.vq import vq_nearest, vq_nearest_ref
 
     torch.backends.cuda.matmul.allow_tf32 = False  # the official expression runs in true fp32
     device = "cuda" if torch.cuda.is_available() else "cpu"

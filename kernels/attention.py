@@ -1,7 +1,8 @@
 """Fused attention for MAGE's shapes: softmax(q k^T * scale) v over [B, H, N, d] with fp32
 accumulation and the row max subtracted, per-sample key lengths and in-kernel attention dropout;
 the backward recomputes the probabilities (FlashAttention-2): a preprocess for
-delta = rowsum(dO * O), then one kernel for dk/dv and one for dq.
+delta = rowsum(dO * O), then one kernel for dk/dv and one for dq. The launchers fill given outputs; the op around them
+(custom op, autograd, checks, reference) is mage_fast/ops/attention.py.
 
 Tiling, and why:
 - N is 129 or 257: one row past a multiple of 64. Full BLOCK_M/BLOCK_N tiles skip the key mask
@@ -22,13 +23,11 @@ Tiling, and why:
   under a seed read from device memory, so the backward regenerates it, nothing the size of the
   scores is stored, and a CUDA-graph replay can take a new seed.
 """
-from typing import List, Optional, Tuple
-
 import torch
 import triton
 import triton.language as tl
 
-from mage_fast.backends import interpreting
+from ._runtime import interpreting
 
 LOG2E = 1.4426950408889634
 TAIL = 16  # smallest tl.dot tile: the ragged remainder of N runs at this size
@@ -423,116 +422,3 @@ def dropout_keep_mask(seed: torch.Tensor, batch: int, num_heads: int, n: int, dr
     _dropout_mask_kernel[(batch * num_heads, triton.cdiv(n, block))](mask, seed, n, dropout_threshold(dropout_p),
                                                                       BLOCK=block)
     return mask.bool()
-
-
-# ----------------------------------------------------------------------------- torch ops
-
-def _heads(x, num_heads, parts):
-    """[B, N, parts*H*d] as `parts` [B, H, N, d] views (no copy): the fused qkv Linear output, or
-    the [B, N, D] tensor the proj Linear reads."""
-    return x.unflatten(-1, (parts, num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
-
-
-def _inputs(q, k, v, num_heads):
-    """q, k, v as [B, H, N, d] with one set of strides and a unit last stride (what the kernels
-    index by). k is None: q is the packed [B, N, 3D] qkv."""
-    if k is None:
-        return _heads(q if q.stride(-1) == 1 else q.contiguous(), num_heads, 3)
-    if q.stride(-1) != 1 or not q.stride() == k.stride() == v.stride():
-        return q.contiguous(), k.contiguous(), v.contiguous()
-    return q, k, v
-
-
-def _empty_outputs(q, k, num_heads):
-    """(out as returned, its [B, H, N, d] view, lse). Shared by the op and its fake."""
-    if k is None:
-        B, N, D3 = q.shape
-        out = torch.empty((B, N, D3 // 3), dtype=q.dtype, device=q.device)
-        out4 = _heads(out, num_heads, 1)[0]
-    else:
-        out = out4 = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    B, H, N, _ = out4.shape
-    return out, out4, torch.empty((B, H, N), dtype=torch.float32, device=q.device)
-
-
-def _empty_grads(q, k, q4, num_heads):
-    """(grads as returned, [B, H, N, d] views of dq, dk, dv). Shared by the op and its fake."""
-    if k is None:  # contiguous, as the kernels index it, whatever the strides of qkv
-        dqkv = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        return [dqkv], _heads(dqkv, num_heads, 3)
-    grads = [torch.empty_like(q4) for _ in range(3)]
-    return grads, grads
-
-
-@torch.library.custom_op("mage_fast::attention_fwd", mutates_args=())
-def _attention_fwd(q: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor], num_heads: int,
-                   key_lengths: Optional[torch.Tensor], seed: Optional[torch.Tensor], dropout_p: float,
-                   scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    out, out4, lse = _empty_outputs(q, k, num_heads)
-    attention_forward(*_inputs(q, k, v, num_heads), out4, lse, key_lengths, seed, dropout_p, scale)
-    return out, lse
-
-
-@_attention_fwd.register_fake
-def _(q, k, v, num_heads, key_lengths, seed, dropout_p, scale):
-    out, _, lse = _empty_outputs(q, k, num_heads)
-    return out, lse
-
-
-@torch.library.custom_op("mage_fast::attention_bwd", mutates_args=())
-def _attention_bwd(do: torch.Tensor, q: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor],
-                   out: torch.Tensor, lse: torch.Tensor, num_heads: int, key_lengths: Optional[torch.Tensor],
-                   seed: Optional[torch.Tensor], dropout_p: float, scale: float) -> List[torch.Tensor]:
-    q4, k4, v4 = _inputs(q, k, v, num_heads)
-    grads, (dq, dk, dv) = _empty_grads(q, k, q4, num_heads)
-    out4, do4 = (_heads(t, num_heads, 1)[0] if k is None else t for t in (out, do.contiguous()))
-    attention_backward(do4, q4, k4, v4, out4, lse, dq, dk, dv, key_lengths, seed, dropout_p, scale)
-    return grads
-
-
-@_attention_bwd.register_fake
-def _(do, q, k, v, out, lse, num_heads, key_lengths, seed, dropout_p, scale):
-    return _empty_grads(q, k, _inputs(q, k, v, num_heads)[0], num_heads)[0]
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, ctx.num_heads, key_lengths, seed, ctx.dropout_p, ctx.scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_lengths, seed)
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse, key_lengths, seed = ctx.saved_tensors
-    grads = _attention_bwd(dout, q, k, v, out, lse, ctx.num_heads, key_lengths, seed, ctx.dropout_p, ctx.scale)
-    return (*grads, *[None] * (8 - len(grads)))
-
-
-_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-def fused_attention(q, k, v, num_heads, key_lengths, seed, dropout_p, scale):
-    """The Triton op on validated inputs: q, k, v [B, H, N, d], or q the packed [B, N, 3D] qkv
-    and k = v = None (then the output is [B, N, D] and the gradient [B, N, 3D]). seed: a
-    one-element int64 tensor on the device, or None without dropout."""
-    return _attention_fwd(q, k, v, num_heads, key_lengths, seed, dropout_p, scale)[0]
-
-
-# ----------------------------------------------------------------------------- reference
-
-def attention_ref(q, k, v, key_lengths=None, scale=None, *, dropout_mask=None, dropout_p=0.0, upcast=True):
-    """softmax(q k^T * scale) v on [B, H, N, d] in plain PyTorch, keys at index >= key_lengths[b]
-    masked out, the row max subtracted, probabilities multiplied by dropout_mask / (1 - p).
-    upcast=True: the scores, softmax and product with v in fp32 (float64 stays float64), as the
-    official code computes; upcast=False: the two matmuls in the input dtype (softmax in fp32),
-    flash-attention's same-precision baseline. Returns q's dtype."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    ct = torch.promote_types(q.dtype, torch.float32) if upcast else q.dtype
-    scores = (q.to(ct) @ k.to(ct).transpose(-2, -1)).to(torch.promote_types(ct, torch.float32)) * scale
-    if key_lengths is not None:
-        keys = torch.arange(k.shape[-2], device=k.device)
-        scores = scores.masked_fill(keys >= key_lengths.view(-1, 1, 1, 1), float("-inf"))
-    probs = (scores - scores.amax(dim=-1, keepdim=True)).softmax(dim=-1)
-    if dropout_mask is not None:
-        probs = probs * dropout_mask / (1.0 - dropout_p)
-    return (probs.to(ct) @ v.to(ct)).to(q.dtype)

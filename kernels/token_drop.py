@@ -13,8 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mage_fast.backends import interpreting
-from mage_fast.configs import FAKE_CLASS_ID, MASK_ID
+from ._runtime import interpreting
 
 
 # ---------------------------------------------------------------- drop and mask sets
@@ -212,30 +211,31 @@ def mask_sets_forward(noise, num_dropped, num_masked):
     return keep_index, masked
 
 
-def _embed_args(ids, masked, keep_index, word, pos):
+def _embed_args(ids, masked, keep_index, word, pos, class_id, mask_id):
     block_d = triton.next_power_of_2(word.shape[1])
-    meta = dict(CLASS_ID=FAKE_CLASS_ID, MASK_ID=MASK_ID, SEQ=masked.shape[1],
+    meta = dict(CLASS_ID=class_id, MASK_ID=mask_id, SEQ=masked.shape[1],
                 ROWS=_rows_per_step(block_d), BLOCK_D=block_d, num_warps=8 if block_d >= 512 else 4)
     return (ids, masked, keep_index, word, pos), meta
 
 
-def embed_forward(ids, masked, keep_index, word, pos, weight, bias, eps):
-    """-> (out [B, KEPT, D] in word's dtype, mean [B*KEPT] fp32, rstd [B*KEPT] fp32)."""
+def embed_forward(ids, masked, keep_index, word, pos, weight, bias, eps, class_id, mask_id):
+    """-> (out [B, KEPT, D] in word's dtype, mean [B*KEPT] fp32, rstd [B*KEPT] fp32). class_id,
+    mask_id: the word rows of the class token (slot 0) and of masked slots."""
     n_rows, d = keep_index.numel(), word.shape[1]
     out = torch.empty(*keep_index.shape, d, dtype=word.dtype, device=word.device)
     mean = torch.empty(n_rows, dtype=torch.float32, device=word.device)
     rstd = torch.empty_like(mean)
-    args, meta = _embed_args(ids, masked, keep_index, word, pos)
+    args, meta = _embed_args(ids, masked, keep_index, word, pos, class_id, mask_id)
     embed_forward_kernel[(triton.cdiv(n_rows, meta["ROWS"]),)](
         *args, weight, bias, out, mean, rstd, n_rows, keep_index.shape[1], d, eps, **meta)
     return out, mean, rstd
 
 
-def embed_backward(dy, ids, masked, keep_index, word, pos, weight, bias, mean, rstd):
+def embed_backward(dy, ids, masked, keep_index, word, pos, weight, bias, mean, rstd, class_id, mask_id):
     """-> (dword, dpos, dweight, dbias), each in its parameter's dtype (summed in fp32)."""
     n_rows, d = keep_index.numel(), word.shape[1]
     grads = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (word, pos, weight, bias)]
-    args, meta = _embed_args(ids, masked, keep_index, word, pos)
+    args, meta = _embed_args(ids, masked, keep_index, word, pos, class_id, mask_id)
     programs = min(triton.cdiv(n_rows, meta["ROWS"]), _programs(word.device.index))
     rows_per_program = triton.cdiv(triton.cdiv(n_rows, programs), meta["ROWS"]) * meta["ROWS"]
     embed_backward_kernel[(programs,)](dy.contiguous(), *args, weight, mean, rstd, *grads, n_rows,

@@ -26,7 +26,7 @@ move, at tensor-core rather than FMA throughput. The norms stay on the FMA units
 import triton
 import triton.language as tl
 
-from mage_fast.backends import interpreting
+from ._runtime import interpreting
 
 
 @triton.jit

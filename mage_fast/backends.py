@@ -1,26 +1,23 @@
-"""What is available here (the C++/CUDA extension, Triton, a GPU) and which implementation
-each op uses, and why. A missing piece is logged once, never hidden."""
+"""What is available here (the C++/CUDA extension, Triton, a GPU) and each op's backend: the
+implementation it runs and why. A missing piece is logged once, never hidden.
+
+Each op module registers its `backend(device_type, dtype=None) -> (implementation, reason)` here
+when it is imported (mage_fast.ops imports them all, and `import mage_fast` imports mage_fast.ops);
+this module imports nothing of mage_fast.ops, so the dependency runs one way."""
 import functools
 import logging
-import os
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from .kernels._runtime import interpreting
+
 log = logging.getLogger("mage_fast")
 
-# op name -> function returning (implementation, reason) for a device type ("cpu"/"cuda").
-_OPS: Dict[str, Callable[[str], Tuple[str, str]]] = {}
+Backend = Tuple[str, str]  # (implementation, reason)
 
-
-def interpreting() -> bool:
-    """Triton kernels run on CPU tensors under Triton's interpreter (slow; for tests)."""
-    return os.environ.get("MAGE_FAST_TRITON_INTERPRET") == "1" or os.environ.get("TRITON_INTERPRET") == "1"
-
-
-if os.environ.get("MAGE_FAST_TRITON_INTERPRET") == "1":
-    # Must be set before any @triton.jit decorator runs.
-    os.environ["TRITON_INTERPRET"] = "1"
+# op name -> its backend function.
+_BACKENDS: Dict[str, Callable[..., Backend]] = {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,42 +50,37 @@ def triton_version():
         return None
 
 
-def triton_backend(device_type: str) -> Tuple[str, str]:
-    """How a Triton op runs on device_type: (implementation, reason)."""
+@torch.compiler.assume_constant_result  # fixed for the process: torch.compile need not trace it
+def triton_backend(device_type: str, dtype: Optional[torch.dtype] = None) -> Backend:
+    """The backend of a Triton op on device_type; with dtype, of a call on tensors of that dtype
+    (the interpreter miscomputes bf16, so bf16 calls run in PyTorch under it)."""
     if triton_version() is None:
         return "pytorch", "Triton does not import (a warning was logged): the PyTorch formulation"
     if device_type == "cuda":
         return "triton", "Triton kernels"
     if device_type == "cpu" and interpreting():
+        if dtype == torch.bfloat16:
+            return "pytorch", "bf16 under Triton's interpreter, which miscomputes it: the PyTorch formulation"
         return "triton-interpret", ("Triton's interpreter on CPU tensors (TRITON_INTERPRET=1; slow, for tests); "
                                     "bf16 runs in PyTorch, which the interpreter miscomputes")
     return "pytorch", (f"no Triton kernel runs on {device_type} tensors: the PyTorch formulation "
                        "(MAGE_FAST_TRITON_INTERPRET=1 interprets the kernels instead)")
 
 
-@torch.compiler.assume_constant_result  # fixed for the process: torch.compile need not trace it
-def uses_triton(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether a Triton op runs its kernel for tensors of this device and dtype."""
-    impl = triton_backend(device.type)[0]
-    return impl == "triton" or (impl == "triton-interpret" and dtype != torch.bfloat16)
-
-
-def register_op(name: str):
-    """Decorator for a function device_type -> (implementation, reason) that says how op
-    `name` runs; backend_report() collects them."""
-    def wrap(choose):
-        _OPS[name] = choose
-        return choose
+def register_backend(name: str):
+    """Decorator: the function is op `name`'s backend, which backend_report() lists."""
+    def wrap(backend):
+        _BACKENDS[name] = backend
+        return backend
     return wrap
 
 
-def backend_report(device_type: str = None) -> Dict[str, Dict[str, str]]:
+def backend_report(device_type: Optional[str] = None) -> Dict[str, Dict[str, str]]:
     """{op: {"implementation": ..., "reason": ...}} for device_type (default: cuda if present)."""
-    from . import ops  # noqa: F401  (importing registers the ops)
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     report = {}
-    for name, choose in sorted(_OPS.items()):
-        impl, reason = choose(device_type)
+    for name, backend in sorted(_BACKENDS.items()):
+        impl, reason = backend(device_type)
         report[name] = {"implementation": impl, "reason": reason}
     return report

@@ -1,26 +1,29 @@
 """The drop-in fast MAGE: the reference's constructor, state_dict keys and API, with the fast
 paths inside.
 
-- attention: the fused Triton kernel straight from the qkv projection (ops.attention_qkv), in
-  the encoder and the decoder (head dim 48 on MAGE-B);
-- tokenize: the VQGAN encoder, then the fused distance + argmin kernel (ops.vq_nearest);
+- attention: the fused Triton kernel straight from the qkv projection
+  (ops.attention.attention_qkv), in the encoder and the decoder (head dim 48 on MAGE-B);
+- tokenize: the VQGAN encoder, then the fused distance + argmin kernel (ops.vq.vq_nearest);
 - the training forward without a host sync: the mask ratio drawn on the device (or given), the
   drop/mask sets, the encoder input and the decoder restore as static-shape kernels
-  (ops.mask_sets / embed_and_drop / restore), and the MLM head + label-smoothed loss in chunks
-  (ops.mlm_loss), on the masked rows only when their count is known on the host;
+  (ops.token_drop: mask_sets, embed_and_drop, restore), and the MLM head + label-smoothed loss
+  in chunks (ops.mlm_loss), on the masked rows only when their count is known on the host;
 - generation: the C++/CUDA decoding step (ops.decode_step).
 Where a kernel cannot run (no GPU, no Triton, no extension) each op falls back to PyTorch and
 says so in mage_fast.backend_report().
 """
 import functools
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from .configs import CONFIGS, MAGE_B, MAGE_L, NUM_TOKENS, TINY_TEST, MAGEConfig
-from .ops import attention_qkv, decode_step, embed_and_drop, mask_sets, mlm_loss, restore, vq_nearest
+from .ops.attention import attention_qkv
+from .ops.decode_step import decode_step
+from .ops.mlm_loss import mlm_loss
+from .ops.token_drop import embed_and_drop, mask_sets, restore
+from .ops.vq import vq_nearest
 from .reference import model as reference
 from .reference.layers import Attention
 from .validation import check_images, check_noise, values_checkable

@@ -13,7 +13,7 @@ import torch
 
 from .configs import MASK_ID, NUM_TOKENS
 from .cuda_graphs import capture
-from .ops import decode_step
+from .ops.decode_step import decode_step
 from .validation import FLOAT_TYPES, PRECISIONS, check_images, check_seeds, default_precision
 
 log = logging.getLogger("mage_fast")

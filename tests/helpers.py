@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-# What makes Triton kernels run on CPU tensors (mage_fast.backends.interpreting).
+# What makes Triton kernels run on CPU tensors (mage_fast.kernels._runtime.interpreting).
 INTERPRETER_VARIABLES = ("TRITON_INTERPRET", "MAGE_FAST_TRITON_INTERPRET")
 
 

@@ -1,11 +1,10 @@
-"""The fused attention (kernels/attention.py, mage_fast.ops.attention) against its float64
+"""The fused attention (kernels/attention.py, mage_fast/ops/attention.py) against its float64
 reference: forward and gradients over MAGE's ragged lengths (N = 129, 257) and head dims (48, 64),
 key lengths, in-kernel dropout, the packed-qkv entry point, the PyTorch fallback, validation,
 the torch.library registration, and PTX/cubin for sm_80 and sm_90.
 
 Without CUDA the kernels run under Triton's interpreter on CPU (bf16 is GPU-only: the interpreter
 miscomputes it). Tests marked gpu add bf16, full MAGE shapes, inductor and CUDA-graph replay."""
-import importlib
 import math
 import os
 import subprocess
@@ -19,12 +18,12 @@ from torch import nn
 from mage_fast import backends
 from mage_fast.backends import backend_report
 from mage_fast.cuda_graphs import capture
-from mage_fast.kernels.attention import DROP_LEVELS, attention_ref, dropout_keep_mask, dropout_threshold
-from mage_fast.ops import attention, attention_qkv
+from mage_fast.kernels.attention import DROP_LEVELS, dropout_keep_mask, dropout_threshold
+from mage_fast.ops import attention as OPS
+from mage_fast.ops.attention import attention, attention_qkv, attention_ref
 
 pytestmark = pytest.mark.triton  # runs the kernels: under the interpreter without CUDA
 
-OPS = importlib.import_module("mage_fast.ops.attention")  # mage_fast.ops.attention is the function
 FALLBACK = OPS._attention_pytorch
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNEL = "triton" if DEVICE == "cuda" else "triton-interpret"
@@ -39,7 +38,7 @@ def _unexpected(*args, **kwargs):
 @pytest.fixture(autouse=True)
 def kernels_only(monkeypatch):
     """Every test runs the Triton kernels: the PyTorch path fails it unless it asks for that path."""
-    assert OPS.triton_backend(DEVICE)[0] == KERNEL
+    assert OPS.backend(DEVICE)[0] == KERNEL
     monkeypatch.setattr(OPS, "_attention_pytorch", _unexpected)
 
 
@@ -47,8 +46,8 @@ def kernels_only(monkeypatch):
 def pytorch_path(monkeypatch, no_interpreter):
     """CPU tensors take the PyTorch path (as without the interpreter); the kernels must not run."""
     monkeypatch.setattr(OPS, "_attention_pytorch", FALLBACK)
-    monkeypatch.setattr(OPS, "fused_attention", _unexpected)
-    assert OPS.triton_backend("cpu")[0] == "pytorch"
+    monkeypatch.setattr(OPS, "_attention_op", _unexpected)
+    assert OPS.backend("cpu")[0] == "pytorch"
 
 
 def randn(*shape, dtype=torch.float32, seed=0, device=DEVICE):
@@ -282,17 +281,17 @@ def test_pytorch_path_dropout_moments(pytorch_path):
 @pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's bf16 rule")
 def test_interpreter_runs_bf16_in_pytorch(monkeypatch):
     monkeypatch.setattr(OPS, "_attention_pytorch", FALLBACK)
-    monkeypatch.setattr(OPS, "fused_attention", _unexpected)
+    monkeypatch.setattr(OPS, "_attention_op", _unexpected)
     q, k, v = (randn(1, 2, 7, 16, dtype=torch.bfloat16, seed=s) for s in range(3))
     assert rel_err(attention(q, k, v), attention_ref(q.double(), k.double(), v.double())) < 1e-2
 
 
 def test_backend_report(monkeypatch):
     assert backend_report(DEVICE)["attention"]["implementation"] == KERNEL
-    assert OPS.triton_backend("cuda")[0] == "triton" and OPS.triton_backend("mps")[0] == "pytorch"
+    assert OPS.backend("cuda")[0] == "triton" and OPS.backend("mps")[0] == "pytorch"
     monkeypatch.setattr(backends, "triton_version", lambda: None)
     for device_type in ("cuda", "cpu"):
-        impl, reason = OPS.triton_backend(device_type)
+        impl, reason = OPS.backend(device_type)
         assert impl == "pytorch" and "Triton does not import" in reason
 
 

@@ -1,13 +1,19 @@
 """Without Triton or the compiled extension the package still imports and works, on PyTorch
-paths, and says so: in the log and in backend_report()."""
+paths, and says so: in the log and in backend_report(). The layers depend one way: the kernels
+import nothing of mage_fast, mage_fast.backends nothing of mage_fast.ops."""
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import env_without_interpreter
 
 from mage_fast import backend_report, mage_vit_tiny_test
 from mage_fast.backends import extension_info
+
+OPS = {"attention", "decode_step", "mlm_loss", "token_drop", "vq_nearest"}
 
 WITHOUT = """
 import sys, logging
@@ -36,8 +42,68 @@ def test_works_without_triton_or_the_extension():
 
 def test_report_names_every_op_and_a_reason():
     report = backend_report("cpu")
-    assert set(report) == {"attention", "decode_step", "mlm_loss", "token_drop", "vq_nearest"}
+    assert set(report) == OPS
     assert all(op["implementation"] and op["reason"] for op in report.values())
+
+
+def _imported_names(path):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield "." * node.level + (node.module or "")
+
+
+def test_kernels_import_nothing_of_mage_fast():
+    """kernels/ holds Triton code and launchers only: what they need comes in as arguments or
+    from kernels/_runtime.py. A relative import that leaves the package counts too."""
+    files = sorted((Path(__file__).parents[1] / "kernels").glob("*.py"))
+    assert {f.name for f in files} >= {"attention.py", "token_drop.py", "vq.py", "_runtime.py"}
+    for f in files:
+        for name in _imported_names(f):
+            assert not name.startswith(("mage_fast", "..")), f"kernels/{f.name} imports {name}"
+
+
+BACKENDS_ALONE = """
+import importlib.util, sys
+# mage_fast without its __init__ (which imports the model, and with it the ops).
+sys.modules["mage_fast"] = importlib.util.module_from_spec(importlib.util.find_spec("mage_fast"))
+import mage_fast.backends
+loaded = sorted(m for m in sys.modules if m.startswith(("mage_fast.ops", "mage_fast.model")))
+assert not loaded, loaded
+assert mage_fast.backends.backend_report("cpu") == {}
+import mage_fast.ops  # each op registers its backend
+print(sorted(mage_fast.backends.backend_report("cpu")))
+"""
+
+
+def test_backends_import_nothing_of_the_ops():
+    """No import cycle: the ops register their backends with mage_fast.backends, which imports
+    none of them."""
+    proc = subprocess.run([sys.executable, "-c", BACKENDS_ALONE], capture_output=True, text=True, timeout=300,
+                          env=env_without_interpreter())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == str(sorted(OPS))
+
+
+INTERPRET = """
+import os, torch
+from mage_fast.kernels.vq import vq_nearest_kernel
+from mage_fast.ops.vq import backend, vq_nearest, vq_nearest_ref
+assert os.environ["TRITON_INTERPRET"] == "1" and type(vq_nearest_kernel).__name__ == "InterpretedFunction"
+assert backend("cpu")[0] == "triton-interpret", backend("cpu")
+g = torch.Generator().manual_seed(0)
+z, codebook = (torch.randint(-3, 4, shape, generator=g).float() for shape in ((6, 16), (9, 16)))  # exact sums
+assert torch.equal(vq_nearest(z, codebook), vq_nearest_ref(z, codebook))
+print("ok")
+"""
+
+
+def test_mage_fast_triton_interpret_turns_the_interpreter_on():
+    """MAGE_FAST_TRITON_INTERPRET=1 alone sets TRITON_INTERPRET before any kernel is defined."""
+    env = {**env_without_interpreter(), "MAGE_FAST_TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", INTERPRET], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
 
 
 def test_fast_training_forward_compiles():

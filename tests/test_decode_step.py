@@ -1,6 +1,5 @@
-"""The decoding-step op (csrc/decode_step.*) against its definition, the reference
-decoding_step: bit-identical ids, with given noise and with internal Philox."""
-import importlib
+"""The decoding-step op (csrc/decode_step.*) against its definition, decode_step_ref (the
+reference model's decoding_step): bit-identical ids, with given noise and with internal Philox."""
 import math
 import shutil
 import subprocess
@@ -13,13 +12,12 @@ from helpers import without_host_sync
 
 from mage_fast.configs import MASK_ID
 from mage_fast.cuda_graphs import capture
-from mage_fast.ops import decode_step, decode_step_with_noise
-from mage_fast.ops.decode_step import backend
-from mage_fast.reference import decoding_step, sample_categorical, schedule
+from mage_fast.ops import decode_step as decode_step_module
+from mage_fast.ops.decode_step import backend, decode_step, decode_step_ref, decode_step_with_noise
+from mage_fast.reference import sample_categorical, schedule
 from mage_fast.reference.decoding import choice_tau, gumbel, mask_lengths
 from mage_fast.reference.rng import STREAM_GUMBEL, STREAM_SAMPLE, uniform
 
-decode_step_module = importlib.import_module("mage_fast.ops.decode_step")  # the name `decode_step` is the function
 pytestmark = pytest.mark.skipif(backend("cpu")[0] != "c++", reason="mage_fast._C is not built")
 OP = torch.ops.mage_fast
 
@@ -40,7 +38,7 @@ def test_given_noise_equals_reference(dtype, b, n, v, known):
     logits, ids, _, u1, u2 = random_case(b, n, v, dtype, known, seed=b * n + v)
     for step, num_iter, temp in [(0, 12, 4.5), (5, 12, 4.5), (11, 12, 4.5), (3, 20, 6.0), (2, 8, 0.0)]:
         got = decode_step_with_noise(logits, ids, u1, u2, step, num_iter, temp)
-        want = decoding_step(logits, ids, None, step, num_iter, temp, noise=(u1, u2))
+        want = decode_step_ref(logits, ids, None, step, num_iter, temp, noise=(u1, u2))
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (step, num_iter)
 
 
@@ -50,7 +48,7 @@ def test_philox_noise_equals_reference(dtype):
     n0 = torch.tensor([256, 200, 180, 256, 150, 160])
     for step in (0, 4, 9):
         got = decode_step(logits, ids, seeds, step, 10, 4.5, num_initial_unknown=n0)
-        want = decoding_step(logits, ids, seeds, step, 10, 4.5, num_initial_unknown=n0)
+        want = decode_step_ref(logits, ids, seeds, step, 10, 4.5, num_initial_unknown=n0)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
@@ -145,10 +143,10 @@ def test_tied_confidence_goes_to_the_lower_position(variant, step):
     reference's stable order), and the op equals the reference bit for bit."""
     logits, ids, args = tied_case(variant, step)
     if variant == "philox":
-        got, want = decode_step(logits, ids, *args), decoding_step(logits, ids, *args)
+        got, want = decode_step(logits, ids, *args), decode_step_ref(logits, ids, *args)
     else:
         got = decode_step_with_noise(logits, ids, *args)
-        want = decoding_step(logits, ids, None, *args[2:], noise=args[:2])
+        want = decode_step_ref(logits, ids, None, *args[2:], noise=args[:2])
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     unknown = ids == MASK_ID
     lengths = mask_lengths(unknown.sum(-1), torch.full((3,), 256), step, 12)

@@ -1,7 +1,5 @@
 """The fast MAGE module against the reference: same weights, noise and mask ratio, dropout off:
 the loss and every parameter gradient; tokenize, logits, generation, state_dict, backends."""
-import importlib
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -12,12 +10,11 @@ from mage_fast import model as fast
 from mage_fast.backends import backend_report
 from mage_fast.configs import MASK_ID
 from mage_fast.cuda_graphs import capture
-from mage_fast.ops import mask_sets
+from mage_fast.ops import mlm_loss as mlm_loss_module
 from mage_fast.ops.mlm_loss import mlm_loss, mlm_loss_ref
+from mage_fast.ops.token_drop import mask_sets
 from mage_fast.reference import mage_vit_tiny_test as reference_tiny
 from mage_fast.sampler import Sampler
-
-mlm_loss_module = importlib.import_module("mage_fast.ops.mlm_loss")  # `mlm_loss` is the function
 
 pytestmark = pytest.mark.triton  # runs the kernels: under the interpreter without CUDA
 

@@ -14,8 +14,8 @@ from helpers import assert_error_bounded, compile_for_gpus, poisoned_allocations
 from mage_fast.backends import backend_report, interpreting
 from mage_fast.configs import FAKE_CLASS_ID, MASK_ID
 from mage_fast.cuda_graphs import capture
-from mage_fast.ops import embed_and_drop, mask_sets, restore, vq_nearest
-from mage_fast.ops.token_drop import embed_and_drop_ref, mask_sets_ref, restore_ref
+from mage_fast.ops.token_drop import embed_and_drop, embed_and_drop_ref, mask_sets, mask_sets_ref, restore, restore_ref
+from mage_fast.ops.vq import vq_nearest
 from mage_fast.reference import mage_vit_tiny_test
 from mage_fast.reference.layers import label_smoothed_nll
 

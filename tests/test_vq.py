@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from helpers import compile_for_gpus, poisoned_allocations, without_host_sync
-from mage_fast.backends import backend_report, interpreting, triton_backend
+from mage_fast.backends import backend_report, interpreting
 from mage_fast.cuda_graphs import capture
-from mage_fast.ops import vq_nearest
-from mage_fast.ops.vq import vq_nearest_ref
+from mage_fast.ops.vq import backend, vq_nearest, vq_nearest_ref
 
 pytestmark = pytest.mark.triton  # runs the kernels: under the interpreter without CUDA
 
@@ -112,7 +111,7 @@ def test_kernel_level_launcher():
 
 
 def test_pytorch_fallback_without_the_interpreter(no_interpreter):
-    impl, reason = triton_backend("cpu")
+    impl, reason = backend("cpu")
     assert impl == "pytorch" and "TRITON_INTERPRET" in reason
     assert backend_report("cpu")["vq_nearest"]["implementation"] == "pytorch"
     z, codebook = far_from_ties(100, 1000, 32, torch.float32, seed=14)

@@ -1,11 +1,12 @@
 """One step of iterative decoding as a graph-safe custom op (csrc/decode_step.*):
-torch.ops.mage_fast.decode_step{,_with_noise}, CPU (C++) and CUDA. Its definition is the
-reference mage_fast.reference.decoding_step, which it matches bit for bit."""
+torch.ops.mage_fast.decode_step{,_with_noise}, CPU (C++) and CUDA, defined in the extension
+mage_fast._C (no Triton kernel). Its definition is the reference model's decoding_step
+(`decode_step_ref`), which it matches bit for bit; not differentiable."""
 import math
 
 import torch
 
-from ..backends import extension_info, register_op
+from ..backends import extension_info, register_backend
 from ..configs import MASK_ID
 from ..reference.decoding import decoding_step
 from ..validation import FLOAT_TYPES, describe
@@ -15,14 +16,18 @@ _BUILT = extension_info()  # fixed for the process; read as a constant under tor
 _MAX_CLASSES, _MAX_POSITIONS = 1024, 1024  # csrc/decode_math.h's limits
 
 
-@register_op("decode_step")
-def backend(device_type: str):
+# ---------------------------------------------------------------- backend
+
+@register_backend("decode_step")
+def backend(device_type: str, dtype=None):
     if not _BUILT["built"]:
         return "pytorch", "mage_fast._C is not built: the reference decoding_step (same ids, much slower)"
     if device_type == "cuda" and not _BUILT["cuda"]:
         return "pytorch", "mage_fast._C was built without CUDA: the reference decoding_step on the GPU (slow)"
     return ("cuda" if device_type == "cuda" else "c++"), "mage_fast._C"
 
+
+# ---------------------------------------------------------------- input checks
 
 def _check_like(t, name, dtype, shape, logits):
     if not isinstance(t, torch.Tensor) or t.dtype != dtype:
@@ -63,6 +68,8 @@ def _check(logits, ids, step, num_iter, choice_temperature, num_initial_unknown,
         _check_like(num_initial_unknown, "num_initial_unknown", torch.int64, (batch,), logits)
 
 
+# ---------------------------------------------------------------- custom ops
+# The ops themselves are registered by mage_fast._C; their fakes are here.
 if _BUILT["built"]:
     # The op's checks here too: meta tensors (alone, or mixed with others) and torch.compile's
     # fake tensors reach only these, and would otherwise get outputs for inputs the op refuses.
@@ -79,6 +86,8 @@ if _BUILT["built"]:
         return torch.empty_like(ids), torch.empty_like(ids)
 
 
+# ---------------------------------------------------------------- dispatch
+
 def decode_step(logits, ids, seeds, step: int, num_iter: int, choice_temperature: float,
                 num_initial_unknown=None):
     """logits [B, N, V<=1024] (fp32/fp16/bf16), ids [B, N] int64 (MASK_ID where unknown), seeds
@@ -86,7 +95,7 @@ def decode_step(logits, ids, seeds, step: int, num_iter: int, choice_temperature
     num_initial_unknown [B] int64: the count the schedule is taken over (default N)."""
     if backend(logits.device.type)[0] == "pytorch":
         _check(logits, ids, step, num_iter, choice_temperature, num_initial_unknown, per_image=[("seeds", seeds)])
-        return decoding_step(logits, ids, seeds, step, num_iter, choice_temperature, num_initial_unknown)
+        return decode_step_ref(logits, ids, seeds, step, num_iter, choice_temperature, num_initial_unknown)
     return torch.ops.mage_fast.decode_step(logits, ids, seeds, step, num_iter, float(choice_temperature),
                                            num_initial_unknown, MASK_ID)
 
@@ -97,7 +106,13 @@ def decode_step_with_noise(logits, ids, u_sample, u_gumbel, step: int, num_iter:
     if backend(logits.device.type)[0] == "pytorch":
         _check(logits, ids, step, num_iter, choice_temperature, num_initial_unknown,
                per_position=[("u_sample", u_sample), ("u_gumbel", u_gumbel)])
-        return decoding_step(logits, ids, None, step, num_iter, choice_temperature, num_initial_unknown,
-                             noise=(u_sample, u_gumbel))
+        return decode_step_ref(logits, ids, None, step, num_iter, choice_temperature, num_initial_unknown,
+                               noise=(u_sample, u_gumbel))
     return torch.ops.mage_fast.decode_step_with_noise(logits, ids, u_sample, u_gumbel, step, num_iter,
                                                       float(choice_temperature), num_initial_unknown, MASK_ID)
+
+
+# ---------------------------------------------------------------- reference
+
+# The reference model's decoding step is the op's definition: the oracle itself, not a copy.
+decode_step_ref = decoding_step

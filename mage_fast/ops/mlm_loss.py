@@ -13,25 +13,39 @@ from typing import Optional
 
 import torch
 
-from ..backends import register_op
+from ..backends import register_backend
 from ..reference.layers import label_smoothed_nll
 from ..validation import FLOAT_TYPES, INDEX_TYPES, check_tensor, values_checkable
 
 CHUNK_ROWS = 8192  # 32 MB of fp32 logits at 1024 columns
 
 
-@register_op("mlm_loss")
-def _backend(device_type: str):
+# ---------------------------------------------------------------- backend
+
+@register_backend("mlm_loss")
+def backend(device_type: str, dtype=None):
     return "pytorch", f"chunks of {CHUNK_ROWS} rows through torch matmuls (cuBLAS on CUDA); logits never stored"
 
 
-def mlm_loss_ref(h, weight, bias, targets, row_weights=None, smoothing=0.1):
-    """The official computation: materialised fp32 logits, then the criterion."""
-    per_row = label_smoothed_nll(h.float() @ weight.float().t() + bias.float(), targets, smoothing)
-    if row_weights is None:
-        return per_row.mean()
-    return (per_row * row_weights).sum() / row_weights.sum()
+# ---------------------------------------------------------------- input checks
 
+def _check(h, weight, bias, targets, row_weights, smoothing):
+    check_tensor("h", h, FLOAT_TYPES, (None, None))
+    rows, dim = h.shape
+    check_tensor("weight", weight, FLOAT_TYPES, (None, dim), h.device)
+    check_tensor("bias", bias, FLOAT_TYPES, (weight.shape[0],), h.device)
+    check_tensor("targets", targets, INDEX_TYPES, (rows,), h.device)
+    if row_weights is not None:
+        check_tensor("row_weights", row_weights, FLOAT_TYPES + (torch.bool,), (rows,), h.device)
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    # An out-of-range target would be a device-side assert on a GPU: checked where it is free.
+    if values_checkable(targets) and not bool(((targets >= 0) & (targets < weight.shape[0])).all()):
+        raise ValueError(f"targets must be class ids in [0, {weight.shape[0]})")
+
+
+# ---------------------------------------------------------------- autograd
+# No custom op: a torch.autograd.Function of torch ops, which torch.compile traces through.
 
 def _compute_dtype(h):
     if torch.is_autocast_enabled(h.device.type):
@@ -80,23 +94,14 @@ class _MlmLoss(torch.autograd.Function):
         return grad_h, None, grad_bias, None, None, None, None, None
 
 
+# ---------------------------------------------------------------- dispatch
+
 def mlm_loss(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
              row_weights: Optional[torch.Tensor] = None, smoothing: float = 0.1) -> torch.Tensor:
     """h [R, D] head hidden states, weight [V, D] (no gradient), bias [V], targets [R] int64,
     row_weights [R] (0/1 masks; default all 1) -> the weighted mean loss, a scalar.
     Gradients flow to h and bias."""
-    check_tensor("h", h, FLOAT_TYPES, (None, None))
-    rows, dim = h.shape
-    check_tensor("weight", weight, FLOAT_TYPES, (None, dim), h.device)
-    check_tensor("bias", bias, FLOAT_TYPES, (weight.shape[0],), h.device)
-    check_tensor("targets", targets, INDEX_TYPES, (rows,), h.device)
-    if row_weights is not None:
-        check_tensor("row_weights", row_weights, FLOAT_TYPES + (torch.bool,), (rows,), h.device)
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-    # An out-of-range target would be a device-side assert on a GPU: checked where it is free.
-    if values_checkable(targets) and not bool(((targets >= 0) & (targets < weight.shape[0])).all()):
-        raise ValueError(f"targets must be class ids in [0, {weight.shape[0]})")
+    _check(h, weight, bias, targets, row_weights, smoothing)
     if row_weights is None:
         row_scale = torch.full((h.shape[0],), 1.0 / h.shape[0], device=h.device)
     else:
@@ -106,3 +111,13 @@ def mlm_loss(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets:
     grad = torch.is_grad_enabled()
     return _MlmLoss.apply(h, weight, bias, targets.long(), row_scale, smoothing,
                           grad and h.requires_grad, grad and bias.requires_grad)
+
+
+# ---------------------------------------------------------------- reference
+
+def mlm_loss_ref(h, weight, bias, targets, row_weights=None, smoothing=0.1):
+    """The official computation: materialised fp32 logits, then the criterion."""
+    per_row = label_smoothed_nll(h.float() @ weight.float().t() + bias.float(), targets, smoothing)
+    if row_weights is None:
+        return per_row.mean()
+    return (per_row * row_weights).sum() / row_weights.sum()

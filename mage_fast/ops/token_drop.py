@@ -22,14 +22,17 @@ from typing import Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ..backends import register_op, triton_backend, uses_triton
-from ..configs import CODEBOOK_SIZE, MASK_ID, NUM_TOKENS, SEQ_LEN, VOCAB_SIZE
-from ..reference.model import keep_rows, restore_slots, threshold_sets, with_class_token
+from ..backends import register_backend, triton_backend
+from ..configs import CODEBOOK_SIZE, FAKE_CLASS_ID, MASK_ID, NUM_TOKENS, SEQ_LEN, VOCAB_SIZE
+from ..reference.model import keep_rows, masked_tokens, restore_slots, slot_sets, threshold_sets
 from ..validation import FLOAT_TYPES, INDEX_TYPES, check_tensor, describe, values_checkable
 
-register_op("token_drop")(triton_backend)
-
 Tensor = torch.Tensor
+
+
+# ---------------------------------------------------------------- backend
+
+backend = register_backend("token_drop")(triton_backend)
 
 
 # ---------------------------------------------------------------- input checks
@@ -82,70 +85,7 @@ def _check_restore(x, keep_index, masked, pos_embed):
         raise ValueError(f"x must have one row per kept slot ({keep_index.shape[1]}), got {x.shape[1]}")
 
 
-# ---------------------------------------------------------------- the official code (references)
-def _keep_mask(keep_index):
-    mask = torch.zeros(keep_index.shape[0], SEQ_LEN, dtype=torch.bool, device=keep_index.device)
-    return mask.scatter_(1, keep_index.long(), True)
-
-
-def _tokens(ids, masked):
-    """The 257 token ids: the class token, then the image's ids with masked ones set to MASK_ID."""
-    return torch.where(masked, MASK_ID, with_class_token(ids))
-
-
-def mask_sets_ref(noise, num_dropped, num_masked):
-    """The official thresholds, as (keep_index, masked) [B, 257]. Sets of the right size only
-    for noise without ties at the thresholds."""
-    dropped, masked = threshold_sets(noise, num_dropped, int(num_masked))
-    no = torch.zeros_like(masked[:, :1])
-    keep = torch.cat([~no, ~dropped], dim=1)
-    return keep.nonzero(as_tuple=True)[1].view(noise.shape[0], -1), torch.cat([no, masked], dim=1)
-
-
-def embed_and_drop_ref(ids, masked, keep_index, word, pos, weight, bias, eps=1e-6):
-    """The official encoder input (no dropout): embed and normalise all 257 tokens, then keep
-    the rows of keep_index by boolean nonzero indexing."""
-    x = F.layer_norm(F.embedding(_tokens(ids, masked), word) + pos, (word.shape[1],), weight, bias, eps)
-    return keep_rows(x, _keep_mask(keep_index))
-
-
-def restore_ref(x, keep_index, masked, pos_embed):
-    """The official decoder input: the class token's row in every slot, the kept rows scattered
-    back by boolean nonzero indexing, every masked slot the class token again, plus pos."""
-    return restore_slots(x, _keep_mask(keep_index), masked) + pos_embed
-
-
-# ---------------------------------------------------------------- sync-free PyTorch fallback
-def slot_rows(keep_index):
-    """[B, 257] int32: the kept row that holds each slot, -1 for dropped slots."""
-    rows = torch.arange(keep_index.shape[1], dtype=torch.int32, device=keep_index.device)
-    return torch.full((keep_index.shape[0], SEQ_LEN), -1, dtype=torch.int32,
-                      device=keep_index.device).scatter_(1, keep_index.long(), rows.expand(keep_index.shape))
-
-
-def _mask_sets_torch(noise, num_dropped, num_masked):
-    """The kernel's stable ranks by sorting: fixed shapes, and num_masked only enters a
-    comparison, so a device tensor needs no sync (the kernel does it in one launch)."""
-    order = noise.argsort(dim=1, stable=True)  # ties: the lower index first
-    rank = order.argsort(dim=1)
-    no = torch.zeros_like(order[:, :1])
-    keep_index = torch.cat([no, order[:, num_dropped:].sort(dim=1).values + 1], dim=1)
-    return keep_index, torch.cat([no.bool(), rank < num_masked], dim=1)
-
-
-def _embed_and_drop_torch(ids, masked, keep_index, word, pos, weight, bias, eps):
-    keep_index = keep_index.long()
-    x = F.embedding(_tokens(ids, masked).gather(1, keep_index), word) + F.embedding(keep_index, pos)
-    return F.layer_norm(x, (word.shape[1],), weight, bias, eps)
-
-
-def _restore_torch(x, keep_index, masked, pos_embed):
-    rows = slot_rows(keep_index)
-    src = torch.where((rows > 0) & ~masked, rows, 0).long()
-    return x.gather(1, src.unsqueeze(-1).expand(-1, -1, x.shape[-1])) + pos_embed
-
-
-# ---------------------------------------------------------------- Triton custom ops
+# ---------------------------------------------------------------- custom ops
 # The kernels read their tensors by flat offsets (num_masked: its one element), so each op makes
 # them contiguous itself (a no-op when they are): strided views, such as a position table sliced
 # from a bigger tensor, are then right through the API, straight to torch.ops, and in backward.
@@ -153,9 +93,16 @@ def _contiguous(*tensors):
     return tuple(t.contiguous() for t in tensors)
 
 
+def slot_rows(keep_index):
+    """[B, 257] int32: the kept row that holds each slot, -1 for dropped slots."""
+    rows = torch.arange(keep_index.shape[1], dtype=torch.int32, device=keep_index.device)
+    return torch.full((keep_index.shape[0], SEQ_LEN), -1, dtype=torch.int32,
+                      device=keep_index.device).scatter_(1, keep_index.long(), rows.expand(keep_index.shape))
+
+
 @torch.library.custom_op("mage_fast::mask_sets", mutates_args=())
 def _mask_sets_op(noise: Tensor, num_dropped: int, num_masked: Tensor) -> Tuple[Tensor, Tensor]:
-    from mage_fast.kernels.token_drop import mask_sets_forward
+    from ..kernels.token_drop import mask_sets_forward
     return mask_sets_forward(noise.contiguous(), num_dropped, num_masked)
 
 
@@ -169,8 +116,9 @@ def _(noise, num_dropped, num_masked):
 @torch.library.custom_op("mage_fast::embed_and_drop", mutates_args=())
 def _embed_op(ids: Tensor, masked: Tensor, keep_index: Tensor, word: Tensor, pos: Tensor, weight: Tensor,
               bias: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
-    from mage_fast.kernels.token_drop import embed_forward
-    return embed_forward(*_contiguous(ids, masked, keep_index, word, pos, weight, bias), eps)
+    from ..kernels.token_drop import embed_forward
+    return embed_forward(*_contiguous(ids, masked, keep_index, word, pos, weight, bias), eps, FAKE_CLASS_ID,
+                         MASK_ID)
 
 
 @_embed_op.register_fake
@@ -183,8 +131,9 @@ def _(ids, masked, keep_index, word, pos, weight, bias, eps):
 def _embed_backward_op(dy: Tensor, ids: Tensor, masked: Tensor, keep_index: Tensor, word: Tensor, pos: Tensor,
                        weight: Tensor, bias: Tensor, mean: Tensor, rstd: Tensor
                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    from mage_fast.kernels.token_drop import embed_backward
-    return embed_backward(*_contiguous(dy, ids, masked, keep_index, word, pos, weight, bias, mean, rstd))
+    from ..kernels.token_drop import embed_backward
+    return embed_backward(*_contiguous(dy, ids, masked, keep_index, word, pos, weight, bias, mean, rstd),
+                          FAKE_CLASS_ID, MASK_ID)
 
 
 @_embed_backward_op.register_fake
@@ -192,21 +141,9 @@ def _(dy, ids, masked, keep_index, word, pos, weight, bias, mean, rstd):
     return tuple(torch.empty_like(t) for t in (word, pos, weight, bias))
 
 
-def _embed_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:7], *output[1:])  # everything but eps, and mean, rstd
-
-
-def _embed_grad(ctx, dy, _dmean, _drstd):
-    dword, dpos, dweight, dbias = _embed_backward_op(dy, *ctx.saved_tensors)
-    return None, None, None, dword, dpos, dweight, dbias, None
-
-
-_embed_op.register_autograd(_embed_grad, setup_context=_embed_setup)
-
-
 @torch.library.custom_op("mage_fast::restore", mutates_args=())
 def _restore_op(x: Tensor, keep_index: Tensor, masked: Tensor, pos: Tensor) -> Tensor:
-    from mage_fast.kernels.token_drop import restore_forward
+    from ..kernels.token_drop import restore_forward
     return restore_forward(*_contiguous(x, slot_rows(keep_index), masked, pos))
 
 
@@ -218,7 +155,7 @@ def _(x, keep_index, masked, pos):
 @torch.library.custom_op("mage_fast::restore_backward", mutates_args=())
 def _restore_backward_op(dout: Tensor, keep_index: Tensor, masked: Tensor, x_dtype: torch.dtype,
                          pos_dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-    from mage_fast.kernels.token_drop import restore_backward
+    from ..kernels.token_drop import restore_backward
     return restore_backward(*_contiguous(dout, slot_rows(keep_index), masked), keep_index.shape[1], x_dtype, pos_dtype)
 
 
@@ -226,6 +163,20 @@ def _restore_backward_op(dout: Tensor, keep_index: Tensor, masked: Tensor, x_dty
 def _(dout, keep_index, masked, x_dtype, pos_dtype):
     return (dout.new_empty(dout.shape[0], keep_index.shape[1], dout.shape[2], dtype=x_dtype),
             dout.new_empty(dout.shape[1:], dtype=pos_dtype))
+
+
+# ---------------------------------------------------------------- autograd
+
+def _embed_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:7], *output[1:])  # everything but eps, and mean, rstd
+
+
+def _embed_grad(ctx, dy, _dmean, _drstd):
+    dword, dpos, dweight, dbias = _embed_backward_op(dy, *ctx.saved_tensors)
+    return None, None, None, dword, dpos, dweight, dbias, None
+
+
+_embed_op.register_autograd(_embed_grad, setup_context=_embed_setup)
 
 
 def _restore_setup(ctx, inputs, output):
@@ -242,14 +193,15 @@ def _restore_grad(ctx, dout):
 _restore_op.register_autograd(_restore_grad, setup_context=_restore_setup)
 
 
-# ---------------------------------------------------------------- the API
+# ---------------------------------------------------------------- dispatch
+
 def mask_sets(noise: Tensor, num_dropped: int, num_masked: Union[int, Tensor]) -> Tuple[Tensor, Tensor]:
     """noise [B, 256] -> (keep_index [B, 257 - num_dropped] int64, masked [B, 257] bool): the
     num_dropped (num_masked) tokens with the smallest noise are dropped (masked), ties to the
     lower index. num_masked: an int, or a 1-element int64 tensor on noise's device (no sync)."""
     _check_counts(noise, num_dropped, num_masked)
-    if not uses_triton(noise.device, noise.dtype):
-        return _mask_sets_torch(noise, num_dropped, num_masked)
+    if backend(noise.device.type, noise.dtype)[0] == "pytorch":
+        return _mask_sets_pytorch(noise, num_dropped, num_masked)
     if not isinstance(num_masked, torch.Tensor):
         num_masked = torch.full((1,), num_masked, dtype=torch.int64, device=noise.device)
     return _mask_sets_op(noise, num_dropped, num_masked)
@@ -262,8 +214,8 @@ def embed_and_drop(ids: Tensor, masked: Tensor, keep_index: Tensor, word_embeddi
     Differentiable in the embeddings and the LayerNorm parameters."""
     args = (ids, masked, keep_index, word_embeddings, position_embeddings, ln_weight, ln_bias)
     _check_embed(*args)
-    if not uses_triton(word_embeddings.device, word_embeddings.dtype):
-        return _embed_and_drop_torch(*args, eps)
+    if backend(word_embeddings.device.type, word_embeddings.dtype)[0] == "pytorch":
+        return _embed_and_drop_pytorch(*args, eps)
     return _embed_op(*args, float(eps))[0]
 
 
@@ -272,6 +224,56 @@ def restore(x: Tensor, keep_index: Tensor, masked: Tensor, pos_embed: Tensor) ->
     row if it is kept and not masked, else the class token's row x[:, 0]; plus pos_embed
     [1, 257, Dd]. Differentiable in x and pos_embed."""
     _check_restore(x, keep_index, masked, pos_embed)
-    if not uses_triton(x.device, x.dtype):
-        return _restore_torch(x, keep_index, masked, pos_embed)
+    if backend(x.device.type, x.dtype)[0] == "pytorch":
+        return _restore_pytorch(x, keep_index, masked, pos_embed)
     return _restore_op(x, keep_index, masked, pos_embed.squeeze(0))
+
+
+# The sync-free PyTorch formulation, where the kernels do not run.
+def _mask_sets_pytorch(noise, num_dropped, num_masked):
+    """The kernel's stable ranks by sorting: fixed shapes, and num_masked only enters a
+    comparison, so a device tensor needs no sync (the kernel does it in one launch)."""
+    order = noise.argsort(dim=1, stable=True)  # ties: the lower index first
+    rank = order.argsort(dim=1)
+    no = torch.zeros_like(order[:, :1])
+    keep_index = torch.cat([no, order[:, num_dropped:].sort(dim=1).values + 1], dim=1)
+    return keep_index, torch.cat([no.bool(), rank < num_masked], dim=1)
+
+
+def _embed_and_drop_pytorch(ids, masked, keep_index, word, pos, weight, bias, eps):
+    keep_index = keep_index.long()
+    x = F.embedding(masked_tokens(ids, masked).gather(1, keep_index), word) + F.embedding(keep_index, pos)
+    return F.layer_norm(x, (word.shape[1],), weight, bias, eps)
+
+
+def _restore_pytorch(x, keep_index, masked, pos_embed):
+    rows = slot_rows(keep_index)
+    src = torch.where((rows > 0) & ~masked, rows, 0).long()
+    return x.gather(1, src.unsqueeze(-1).expand(-1, -1, x.shape[-1])) + pos_embed
+
+
+# ---------------------------------------------------------------- reference
+
+def _keep_mask(keep_index):
+    mask = torch.zeros(keep_index.shape[0], SEQ_LEN, dtype=torch.bool, device=keep_index.device)
+    return mask.scatter_(1, keep_index.long(), True)
+
+
+def mask_sets_ref(noise, num_dropped, num_masked):
+    """The official thresholds, as (keep_index, masked) [B, 257]. Sets of the right size only
+    for noise without ties at the thresholds."""
+    keep, masked = slot_sets(*threshold_sets(noise, num_dropped, int(num_masked)))
+    return keep.nonzero(as_tuple=True)[1].view(noise.shape[0], -1), masked
+
+
+def embed_and_drop_ref(ids, masked, keep_index, word, pos, weight, bias, eps=1e-6):
+    """The official encoder input (no dropout): embed and normalise all 257 tokens, then keep
+    the rows of keep_index by boolean nonzero indexing."""
+    x = F.layer_norm(F.embedding(masked_tokens(ids, masked), word) + pos, (word.shape[1],), weight, bias, eps)
+    return keep_rows(x, _keep_mask(keep_index))
+
+
+def restore_ref(x, keep_index, masked, pos_embed):
+    """The official decoder input: the class token's row in every slot, the kept rows scattered
+    back by boolean nonzero indexing, every masked slot the class token again, plus pos."""
+    return restore_slots(x, _keep_mask(keep_index), masked) + pos_embed

@@ -35,6 +35,19 @@ def with_class_token(ids):
     return torch.cat([cls, ids.long()], dim=1)
 
 
+def slot_sets(dropped, masked):
+    """(keep, masked) [B, 257] over the slots from the official (dropped, masked) [B, 256] over
+    the tokens: slot 0, the class token, is kept and never masked."""
+    no = torch.zeros_like(masked[:, :1])
+    return torch.cat([no, dropped], dim=1).logical_not(), torch.cat([no, masked], dim=1)
+
+
+def masked_tokens(ids, masked):
+    """The 257 token ids the encoder embeds: the class token, then ids [B, 256], MASK_ID in the
+    slots masked [B, 257] sets."""
+    return torch.where(masked, MASK_ID, with_class_token(ids))
+
+
 def keep_rows(x, keep):
     """The rows of x [B, 257, D] where keep [B, 257] is set, in position order (the same count
     in every row), by boolean nonzero indexing as the official encoder input."""
@@ -227,11 +240,8 @@ class MAGE(nn.Module):
             check_noise(noise, gt.shape[0])
             dropped, masked = self.masks_from_noise(noise.to(gt.device), mask_ratio)
 
-        no = torch.zeros(gt.shape[0], 1, dtype=torch.bool, device=gt.device)
-        tokens = with_class_token(torch.where(masked, MASK_ID, gt))
-        keep = torch.cat([no, dropped], dim=1).logical_not()
-        masked = torch.cat([no, masked], dim=1)
-        logits = self._decode(self._encode(tokens, keep), keep, masked)
+        keep, masked = slot_sets(dropped, masked)
+        logits = self._decode(self._encode(masked_tokens(gt, masked), keep), keep, masked)
 
         codebook = self.config.vqgan.codebook_size
         loss = label_smoothed_nll(logits[:, 1:, :codebook].reshape(-1, codebook), gt.reshape(-1))
