@@ -12,13 +12,12 @@ paths inside.
 Where a kernel cannot run (no GPU, no Triton, no extension) each op falls back to PyTorch and
 says so in mage_fast.backend_report().
 """
-import functools
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from .configs import CONFIGS, MAGE_B, MAGE_L, NUM_TOKENS, TINY_TEST, MAGEConfig
+from .configs import CONFIGS, NUM_TOKENS
 from .ops.attention import attention_qkv
 from .ops.decode_step import decode_step
 from .ops.mlm_loss import mlm_loss
@@ -113,17 +112,10 @@ class MAGE(reference.MAGE):
                         head.bias[0, 0, :codebook], targets.reshape(-1), row_weights)
 
 
-def mage_from_config(cfg: MAGEConfig, **kwargs) -> MAGE:
-    return MAGE(**{**reference.config_kwargs(cfg), **kwargs})
-
-
-# The published sizes and a tiny configuration for CPU tests (not a published model).
-mage_vit_base_patch16 = functools.partial(mage_from_config, MAGE_B)
-mage_vit_large_patch16 = functools.partial(mage_from_config, MAGE_L)
-mage_vit_tiny_test = functools.partial(mage_from_config, TINY_TEST)
-
-
-IMPLEMENTATIONS = {"fast": mage_from_config, "reference": reference.mage_from_config}
+# mage_from_config, mage_vit_base_patch16, mage_vit_large_patch16, mage_vit_tiny_test: as the
+# reference's, building this MAGE.
+globals().update(reference.factories(MAGE))
+IMPLEMENTATIONS = {"fast": MAGE, "reference": reference.MAGE}
 
 
 def build_model(name: str, impl: str = "fast", init_seed: Optional[int] = 0, **kwargs):
@@ -137,4 +129,4 @@ def build_model(name: str, impl: str = "fast", init_seed: Optional[int] = 0, **k
     with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
         if init_seed is not None:
             torch.manual_seed(init_seed)
-        return IMPLEMENTATIONS[impl](CONFIGS[name], **kwargs)
+        return IMPLEMENTATIONS[impl].from_config(CONFIGS[name], **kwargs)

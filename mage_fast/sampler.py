@@ -14,7 +14,7 @@ import torch
 from .configs import MASK_ID, NUM_TOKENS
 from .cuda_graphs import capture
 from .ops.decode_step import decode_step
-from .validation import FLOAT_TYPES, PRECISIONS, check_images, check_seeds, default_precision
+from .validation import FLOAT_TYPES, PRECISIONS, check_decoding, check_images, check_seeds, default_precision
 
 log = logging.getLogger("mage_fast")
 
@@ -22,10 +22,7 @@ log = logging.getLogger("mage_fast")
 class Sampler:
     def __init__(self, model, num_iter: int = 12, choice_temperature: float = 4.5,
                  dtype: Optional[torch.dtype] = None, cuda_graphs: bool = True):
-        if num_iter < 1:
-            raise ValueError(f"num_iter must be >= 1, got {num_iter}")
-        if choice_temperature < 0:
-            raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
+        check_decoding(num_iter, choice_temperature)
         self.model = model.eval()
         self.device = model.token_emb.word_embeddings.weight.device
         self.dtype = dtype or PRECISIONS[default_precision(self.device.type)]

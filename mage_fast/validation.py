@@ -1,6 +1,9 @@
 """Input checks shared by the reference and the fast modules: bad input raises a ValueError
 that says what was expected."""
-from typing import Sequence, Union
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Sequence, Tuple, Union
 
 import torch
 
@@ -10,6 +13,63 @@ FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_TYPES = (torch.int32, torch.int64)
 # The names the command line gives the precisions it offers.
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Numbers:
+    """The values a numeric setting allows: integers (kind int) or finite numbers (kind float)
+    from `low` to `high`, an end excluded where it is open, plus the `words` it also takes
+    (e.g. "auto"). Its str says so in words, for error messages. A rule is written once: the
+    configs check their fields with it and the command line parses its flags with it
+    (mage_fast.settings, mage_fast.cli.common.number)."""
+    kind: type
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    words: Tuple[str, ...] = ()
+
+    def __str__(self):
+        what = "an integer" if self.kind is int else "a finite number"
+        if self.high < math.inf:
+            what += f" in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        elif self.low > -math.inf:
+            what += f" {'>' if self.low_open else '>='} {self.low}"
+        return " or ".join([*map(repr, self.words), what])
+
+    def allows(self, value) -> bool:
+        if isinstance(value, str):
+            return value in self.words
+        # A SymInt or SymFloat where torch.compile traces an op's checks.
+        kinds = (numbers.Integral, torch.SymInt) if self.kind is int else (numbers.Real, torch.SymInt, torch.SymFloat)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return bool(-math.inf < value < math.inf and above and below)  # nan fails every comparison
+
+    def check(self, name: str, value):
+        """value, or a ValueError naming `name` and the rule."""
+        if not self.allows(value):
+            raise ValueError(f"{name} must be {self}, got {value!r}")
+        return value
+
+
+INTEGER = Numbers(int)
+COUNT = Numbers(int, 1)
+NON_NEGATIVE_INT = Numbers(int, 0)
+NON_NEGATIVE = Numbers(float, 0)
+POSITIVE = Numbers(float, 0, low_open=True)
+# Iterative decoding: at least one step; the confidence noise's temperature.
+NUM_ITER = COUNT
+CHOICE_TEMPERATURE = NON_NEGATIVE
+
+
+def check_decoding(num_iter: int, choice_temperature: float, where: str = ""):
+    """The decoding loop's settings, as every entry point (generate, Sampler, the decoding-step
+    op, the command line) takes them; `where` prefixes the message."""
+    NUM_ITER.check(f"{where}num_iter", num_iter)
+    CHOICE_TEMPERATURE.check(f"{where}choice_temperature", choice_temperature)
 
 
 def precision_name(dtype: torch.dtype) -> str:

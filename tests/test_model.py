@@ -182,6 +182,18 @@ def test_drop_in_api():
         fast.mage_vit_tiny_test()(torch.rand(1, 3, 256, 256), mask_ratio=0.2)
 
 
+def test_each_implementation_builds_every_config_by_name_config_and_build_model():
+    """One from_config, one set of factories per implementation: each way of building a size
+    gives that implementation's class at that configuration, kwargs passed on."""
+    from mage_fast.configs import CONFIGS
+    with torch.device("meta"):
+        for impl, module in (("fast", mage_fast), ("reference", mage_fast.reference)):
+            for name, cfg in CONFIGS.items():
+                for model in (getattr(module, name)(dropout=0.0), module.mage_from_config(cfg, dropout=0.0),
+                              fast.build_model(name, impl, dropout=0.0)):
+                    assert type(model) is module.MAGE and model.config == cfg and model.token_emb.dropout.p == 0.0
+
+
 # ---------------------------------------------------------------- GPU
 def _loss_and_grads(model, images, noise, dtype):
     model.zero_grad(set_to_none=True)

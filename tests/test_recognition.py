@@ -406,7 +406,7 @@ def expect_error(argv, message):
     assert exit_.value.code not in (0, None) and message in str(exit_.value.code)
 
 
-def test_commands_reject_bad_input(folder, reference, tmp_path):
+def test_commands_reject_bad_input(folder, reference, tmp_path, capsys):
     out = str(tmp_path / "f.npz")
     expect_error(["features", "--data", str(tmp_path / "nowhere"), "--out", out, *TINY], "not found")
     (tmp_path / "empty").mkdir()
@@ -427,7 +427,9 @@ def test_commands_reject_bad_input(folder, reference, tmp_path):
         expect_error([cmd, "--train", unlabelled, "--val", val], "without labels")
         expect_error([cmd, "--train", train, "--val", renamed], "different classes")
         expect_error([cmd, "--train", train, "--val", str(tmp_path / "none.npz")], "not found")
-    expect_error(["fewshot", "--train", train, "--val", val, "--shots", "1,x"], "--shots")
+    with pytest.raises(SystemExit) as exit_:   # a usage error, before any file is read
+        main(["fewshot", "--train", train, "--val", val, "--shots", "1,x"])
+    assert exit_.value.code == 2 and "argument --shots" in capsys.readouterr().err
     expect_error(["fewshot", "--train", train, "--val", val, "--shots", "5"], "class 0 (blue) has 4")
     expect_error(["linprobe", "--train", train, "--val", val, "--epochs", "5", "--warmup-epochs", "5"],
                  "warmup_epochs")

@@ -1,7 +1,9 @@
 """The sampler and `mage-fast sample`: equal to the reference generate, batch-independent,
 resumable after a kill with byte-identical files; editing keeps the unmasked tokens."""
+import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +18,9 @@ from helpers import rel_err, strict_json
 from mage_fast.configs import MAGE_B, MASK_ID
 from mage_fast.reference.decoding import schedule
 from mage_fast.reference.vqgan import VQGAN
+from mage_fast.model import build_model
 from mage_fast.sampler import Sampler, pixel_mask_to_tokens
+from mage_fast.sampling import SampleConfig, image_path, image_seed, sample
 
 
 def test_sampler_equals_reference_generate(tiny):
@@ -151,8 +155,41 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert proc.returncode == 0 and "did not record backends, device" in proc.stderr and (out / "000013.png").exists()
 
 
+def test_sampling_runs_from_python(tmp_path):
+    """A SampleConfig and sample(), no torchrun and no ctx: image i is the sampler's image of
+    seed (seed << 32) + i from the model the settings name (random weights: init seed 0); a
+    second call finds nothing to do, one with other settings is refused."""
+    config = SampleConfig(model="mage_vit_tiny_test", out=tmp_path / "run", num_images=3, num_iter=2, seed=5,
+                          batch_size=2, device="cpu")
+    assert sample(config) == 3
+    assert sample(config) == 0
+    sampler = Sampler(build_model("mage_vit_tiny_test").eval(), num_iter=2)
+    want = torch.cat([sampler.sample([image_seed(5, i) for i in batch]) for batch in ([0, 1], [2, 3])])  # as the run
+    for i in range(3):
+        assert np.array_equal(np.asarray(Image.open(image_path(config.out, i))), want[i].numpy()), i
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["seed"] == 5
+    with pytest.raises(ValueError, match="other settings.*temperature"):
+        sample(dataclasses.replace(config, temperature=6.0))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(num_iter=0), "num_iter must be an integer >= 1, got 0"),
+    (dict(temperature=float("nan")), "temperature must be a finite number >= 0, got nan"),
+    (dict(seed=2**31), "seed must be an integer in [0, 2147483648)"),
+    (dict(batch_size="big"), "batch_size must be 'auto' or an integer >= 1, got 'big'"),
+    (dict(batch_size=0), "batch_size must be 'auto' or an integer >= 1, got 0"),
+    (dict(dtype="float32"), "dtype must be one of bf16, fp16, fp32"),
+    (dict(impl="triton"), "impl must be one of fast, reference"),
+    (dict(npz="yes"), "npz must be a bool"),
+])
+def test_sample_config_refuses_bad_settings_naming_the_field(change, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SampleConfig(out="out", **change)
+
+
 @pytest.mark.parametrize("command, flag", [("sample", "--num-images=0"), ("sample", "--temperature=-1"),
-                                           ("sample", "--num-iter=0"), ("edit", "--num-iter=0"),
+                                           ("sample", "--num-iter=0"), ("sample", "--seed=-1"),
+                                           ("sample", "--batch-size=0"), ("edit", "--num-iter=0"),
                                            ("edit", "--temperature=nan"), ("edit", "--temperature=inf")])
 def test_bad_numbers_are_refused_before_any_work(command, flag, tmp_path, capsys):
     from mage_fast.cli import main

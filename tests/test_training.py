@@ -2,8 +2,10 @@
 the command: the loss falls, checkpoints are official and resume exactly, and two DDP processes
 match one process on the same global batch."""
 import argparse
+import dataclasses
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -17,7 +19,8 @@ from helpers import rel_err, strict_json
 from mage_fast.cli import main
 from mage_fast.data import ImageFolder
 from mage_fast.reference import mage_vit_tiny_test
-from mage_fast.training import TrainOrder, TrainSamples, freeze_unused, lr_at, param_groups, scaled_lr
+from mage_fast import training
+from mage_fast.training import TrainConfig, TrainOrder, TrainSamples, freeze_unused, lr_at, param_groups, scaled_lr
 
 TINY = ["--model", "mage_vit_tiny_test", "--device", "cpu", "--workers", "0", "--log-every", "1"]
 UNUSED = {"cls_token", "mask_token", "patch_embed.proj.weight", "patch_embed.proj.bias",
@@ -300,6 +303,48 @@ def mage_state_at_init():
     return mage_vit_tiny_test(dropout=0.0).state_dict()
 
 
+# ---------------------------------------------------------------- from Python
+def test_training_runs_from_python_as_the_command_does(repeated_batch_run, tmp_path):
+    """A TrainConfig and train(), no torchrun and no ctx: the same first steps as the command's
+    run with the same settings, and the config as the checkpoint's args."""
+    data, out = repeated_batch_run
+    config = TrainConfig(data=data, out=tmp_path / "py", model="mage_vit_tiny_test", device="cpu", batch_size=2,
+                         epochs=12, warmup_epochs=0, lr=3e-3, keep_every=0, log_every=1, max_steps=2)
+    with torch.random.fork_rng():
+        training.train(config)
+    assert logged(tmp_path / "py", "loss") == logged(out, "loss")[:2]
+    ckpt = load(tmp_path / "py" / "checkpoint-last.pth")
+    assert ckpt["train_state"]["step"] == 2
+    assert vars(ckpt["args"]) == dataclasses.asdict(config.for_device("cpu"))
+    assert ckpt["args"].data == str(data) and ckpt["args"].workers == 0 and ckpt["args"].precision == "fp32"
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+    (dict(batch_size=2.0), "batch_size must be an integer >= 1, got 2.0"),
+    (dict(dropout=1.0), "dropout must be a finite number in [0, 1), got 1.0"),
+    (dict(lr=float("inf")), "lr must be a finite number > 0"),
+    (dict(seed=True), "seed must be an integer >= 0"),
+    (dict(warmup_epochs=3, epochs=2), "warmup_epochs must be in [0, epochs]"),
+    (dict(model="mage_vit_huge"), "model must be one of mage_vit_base_patch16"),
+    (dict(precision="fp8"), "precision must be one of bf16, fp16, fp32"),
+    (dict(compile=1), "compile must be a bool"),
+    (dict(data=""), "data must be a path"),
+])
+def test_config_refuses_bad_settings_naming_the_field(change, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**{"data": "img", "out": "out", **change})
+
+
+def test_config_chooses_the_device_defaults():
+    config = TrainConfig(data="img", out="out")
+    assert (config.precision, config.workers) == (None, None)
+    assert (config.for_device("cuda").precision, config.for_device("cuda").workers) == ("bf16", 10)
+    assert (config.for_device("cpu").precision, config.for_device("cpu").workers) == ("fp32", 0)
+    chosen = dataclasses.replace(config, precision="fp16", workers=3)
+    assert chosen.for_device("cuda") == chosen.for_device("cpu") == chosen
+
+
 # ---------------------------------------------------------------- the command line
 def test_help(capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -310,9 +355,7 @@ def test_help(capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--warmup-epochs", "5", "--epochs", "2"], "--warmup-epochs must be in"),
-    (["--dropout", "1"], "--dropout must be in"),
+    (["--warmup-epochs", "5", "--epochs", "2"], "warmup_epochs must be in"),
     (["--batch-size", "4"], "holds only 2"),
     (["--batch-size", "2", "--resume", "/no/such.pth"], "no such checkpoint"),
 ])
@@ -320,6 +363,14 @@ def test_bad_input_is_a_clear_error(tmp_path, extra, message):
     data = image_folder(tmp_path / "img", 2)
     with pytest.raises(SystemExit, match=message):
         train(data, tmp_path / "out", *extra)
+
+
+@pytest.mark.parametrize("flag", ["--batch-size=0", "--dropout=1", "--lr=nan", "--seed=-1", "--max-steps=0",
+                                  "--precision=fp8"])
+def test_bad_numbers_are_usage_errors_naming_the_flag(tmp_path, flag, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train(tmp_path / "nothing", tmp_path / "out", flag)    # refused before the folder is read
+    assert exit_.value.code == 2 and f"argument {flag.split('=')[0]}:" in capsys.readouterr().err
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):

@@ -15,8 +15,8 @@ import tempfile
 import torch
 
 from ..configs import CONFIGS
-from ..validation import PRECISIONS
-from .common import non_negative_int, positive_int
+from ..validation import NUM_ITER, PRECISIONS
+from .common import non_negative_int, number, positive_int
 
 KERNEL_SCRIPTS = ("attention", "vq", "token_drop", "decode_step", "mlm_loss")
 BENCHMARKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -34,7 +34,8 @@ def register(sub):
                    help="training images per step (default: 256 on CUDA, 2 on CPU)")
     p.add_argument("--sample-batch", type=positive_int, default=None,
                    help="the fast sampler's batch (default: the largest that fits on CUDA, 1 on CPU)")
-    p.add_argument("--num-iter", type=positive_int, default=12, help="decoding steps of the sampling workload (default 12)")
+    p.add_argument("--num-iter", type=number(NUM_ITER), default=12,
+                   help="decoding steps of the sampling workload (default 12)")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
                    help="precision of the fast module and of the reference it is compared with (default: bf16 on "
                         "CUDA, fp32 on CPU); the official-way baselines keep their own (fp16 training, fp32 sampling)")

@@ -1,57 +1,79 @@
-"""What several subcommands share: choosing and loading a model, argument types."""
+"""What several subcommands share: the model flags, flags made from config fields, argument types.
+
+How the command line checks its numbers (one scheme for every subcommand): every numeric flag
+has an argparse type made by `number` from a validation.Numbers rule, so a bad value is a usage
+error naming the flag (exit code 2) before any work. A command that builds a config dataclass
+(train, sample) makes its flags from the config's fields with `add_setting`, which takes each
+flag's default, type and choices from the field's declaration (mage_fast.settings): the rule
+is written once, beside the field, and the config checks it again for Python callers. What
+only the config can check (rules between fields, e.g. warmup_epochs <= epochs) surfaces as
+`mage-fast CMD: <the config's message>`. Commands without a config use the shared rules
+directly (positive_int, non_negative_float, ... below; validation.NUM_ITER and friends).
+"""
 import argparse
-import logging
-import math
+import dataclasses
 
-from ..configs import CONFIGS
+from ..settings import ModelSettings
+from ..validation import COUNT, INTEGER, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Numbers
 
-log = logging.getLogger("mage_fast")
-
-RANDOM_WEIGHTS_WARNING = """
-################################################################################
-#  No --ckpt given: the model has RANDOM WEIGHTS. Outputs are meaningless; use  #
-#  this only to test the pipeline. Official checkpoints: mage-vitb-1600.pth,    #
-#  mage-vitl-1600.pth (LTH14/mage).                                             #
-################################################################################"""
+MODEL_HELP = {
+    "model": "model size (default: %(default)s)",
+    "impl": "fast module (Triton/CUDA kernels) or the pure-PyTorch reference (default: %(default)s)",
+    "ckpt": "official MAGE checkpoint (mage-vit{b,l}-1600.pth); without it, random weights",
+    "vqgan_ckpt": "tokenizer checkpoint (vqgan_jax_strongaug.ckpt), if --ckpt lacks vqgan.* keys",
+}
 
 
-def add_model_args(parser, default="mage_vit_base_patch16"):
-    parser.add_argument("--model", choices=sorted(CONFIGS), default=default,
-                        help=f"model size (default: {default})")
-    parser.add_argument("--impl", choices=("fast", "reference"), default="fast",
-                        help="fast module (Triton/CUDA kernels) or the pure-PyTorch reference (default: fast)")
-    parser.add_argument("--ckpt", metavar="PATH",
-                        help="official MAGE checkpoint (mage-vit{b,l}-1600.pth); without it, random weights")
-    parser.add_argument("--vqgan-ckpt", metavar="PATH",
-                        help="tokenizer checkpoint (vqgan_jax_strongaug.ckpt), if --ckpt lacks vqgan.* keys")
-
-
-def load_model(args, device):
-    """The model named by --model with --ckpt/--vqgan-ckpt loaded strictly, in eval mode."""
-    from ..checkpoint import load_checkpoint
-    from ..model import build_model
-    model = build_model(args.model, args.impl)
-    if args.ckpt or args.vqgan_ckpt:
-        report = load_checkpoint(model, args.ckpt, args.vqgan_ckpt)
-        log.info("checkpoint: %s", report)
-    if not args.ckpt:
-        log.warning(RANDOM_WEIGHTS_WARNING)
-    return model.to(device).eval()
-
-
-def _at_least(convert, low, what):
+def number(rule: Numbers):
+    """An argparse type: the flag's text as rule.kind, or a usage error unless `rule` allows it."""
     def parse(text):
+        if text in rule.words:
+            return text
         try:
-            value = convert(text)
+            value = rule.kind(text)
         except ValueError:
             value = None
-        if value is None or not low <= value < math.inf:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        if value is None or not rule.allows(value):  # also refuses nan and inf
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
         return value
-    parse.__name__ = what  # argparse names the type in its messages
+    parse.__name__ = str(rule)  # argparse names the type in its messages
     return parse
 
 
-positive_int = _at_least(int, 1, "a positive integer")
-non_negative_int = _at_least(int, 0, "an integer >= 0")
-non_negative_float = _at_least(float, 0.0, "a finite number >= 0")
+integer = number(INTEGER)
+positive_int = number(COUNT)
+non_negative_int = number(NON_NEGATIVE_INT)
+non_negative_float = number(NON_NEGATIVE)
+positive_float = number(POSITIVE)
+
+
+def add_setting(parser, config, name: str, help: str, **kwargs):
+    """The flag --NAME (underscores as dashes) of field `name` of the config dataclass `config`:
+    required if the field has no default, else its default; a number's rule as its type, a
+    choice's options as its choices; a bool field a switch (--NAME, or --no-NAME where the
+    default is True). kwargs go to add_argument."""
+    field = next(f for f in dataclasses.fields(config) if f.name == name)
+    flag = "--" + name.replace("_", "-")
+    if field.default is dataclasses.MISSING:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = field.default
+    if field.type is bool:
+        kwargs["action"] = "store_false" if field.default else "store_true"
+        flag = "--no-" + flag[2:] if field.default else flag
+    if field.metadata.get("numbers"):
+        kwargs.setdefault("type", number(field.metadata["numbers"]))
+    if field.metadata.get("choices") is not None:
+        kwargs.setdefault("choices", sorted(field.metadata["choices"]))
+    parser.add_argument(flag, dest=name, help=help, **kwargs)
+
+
+def add_model_args(parser):
+    """--model, --impl, --ckpt, --vqgan-ckpt: the fields of ModelSettings."""
+    for name, help in MODEL_HELP.items():
+        add_setting(parser, ModelSettings, name, help, **({"metavar": "PATH"} if "ckpt" in name else {}))
+
+
+def config_from_args(config, args):
+    """The config dataclass `config` of the parsed arguments (its fields are their dests)."""
+    return config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config)})

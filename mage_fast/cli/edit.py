@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 from ..files import atomic_write
-from .common import add_model_args, load_model, non_negative_float, positive_int
+from ..settings import ModelSettings
+from ..validation import CHOICE_TEMPERATURE, NUM_ITER
+from .common import add_model_args, config_from_args, integer, number
 
 
 def register(sub):
@@ -20,9 +22,10 @@ def register(sub):
     p.add_argument("--image", required=True, help="input image")
     p.add_argument("--mask", required=True, help="mask image of the same size: white (> 127) = regenerate")
     p.add_argument("--out", required=True, help="output PNG")
-    p.add_argument("--seed", type=int, default=0, help="seed of the decoding noise")
-    p.add_argument("--num-iter", type=positive_int, default=12, help="decoding steps (default 12)")
-    p.add_argument("--temperature", type=non_negative_float, default=4.5, help="choice temperature (default 4.5)")
+    p.add_argument("--seed", type=integer, default=0, help="seed of the decoding noise")
+    p.add_argument("--num-iter", type=number(NUM_ITER), default=12, help="decoding steps (default 12)")
+    p.add_argument("--temperature", type=number(CHOICE_TEMPERATURE), default=4.5,
+                   help="choice temperature (default 4.5)")
     p.add_argument("--paste-original", action="store_true",
                    help="keep the input's own pixels outside the regenerated token cells")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
@@ -50,7 +53,7 @@ def run(args):
     if not token_mask.any():
         raise SystemExit("the mask selects no pixel (white, > 127, regenerates): nothing to edit")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sampler = Sampler(load_model(args, device), args.num_iter, args.temperature)
+    sampler = Sampler(config_from_args(ModelSettings, args).load(device), args.num_iter, args.temperature)
     _, out = sampler.edit(pixels, token_mask, [args.seed])
     out = out[0].cpu()
     if args.paste_original:

@@ -12,7 +12,8 @@ import argparse
 import logging
 import os
 
-from .common import RANDOM_WEIGHTS_WARNING, add_model_args
+from ..settings import RANDOM_WEIGHTS_WARNING
+from .common import add_model_args, non_negative_int, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +28,14 @@ def register(sub):
     p.add_argument("--pool", choices=("avg", "cls"), default="avg",
                    help="avg: mean of the 256 patch tokens, then LayerNorm (the official linear "
                         "probe's --global_pool); cls: the class token after the final norm")
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward (default: 64 on CUDA, 8 on CPU)")
-    p.add_argument("--chunk-size", type=int, default=1024, help="images per resumable chunk (default: %(default)s)")
-    p.add_argument("--resize", type=int, default=292,
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="images per forward (default: 64 on CUDA, 8 on CPU)")
+    p.add_argument("--chunk-size", type=positive_int, default=1024,
+                   help="images per resumable chunk (default: %(default)s)")
+    p.add_argument("--resize", type=positive_int, default=292,
                    help="shorter side before the 256x256 center crop; 292 is the official linear probe's "
                         "(default: %(default)s)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=non_negative_int, default=None,
                    help="image-decoding worker processes (default: 8 on CUDA, 0 on CPU)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available; under torchrun each "
                                     "process takes the GPU of its local rank)")

@@ -5,16 +5,20 @@ multinomial logistic regression (L2-regularised, as scikit-learn's LogisticRegre
 is fitted by L-BFGS on L2-normalised features, and top-1 accuracy is measured on all the
 validation features; prints the mean and std over seeds.
 """
+import argparse
+
+from .common import positive_float, positive_int
 from .linprobe import add_train_val_args, default_device, load_train_val, write_json
 
 
 def shot_list(text):
+    """An argparse type: positive integers separated by commas."""
     try:
-        shots = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
+        shots = [positive_int(s) for s in text.split(",") if s.strip()]
+    except argparse.ArgumentTypeError:
         shots = []
-    if not shots or min(shots) < 1:
-        raise ValueError(f"--shots takes positive integers separated by commas, e.g. 1,5,10; got {text!r}")
+    if not shots:
+        raise argparse.ArgumentTypeError(f"takes positive integers separated by commas, e.g. 1,5,10; got {text!r}")
     return shots
 
 
@@ -22,9 +26,10 @@ def register(sub):
     p = sub.add_parser("fewshot", help="k-shot logistic regression (mean and std of top-1 over seeds)",
                        description=__doc__)
     add_train_val_args(p)
-    p.add_argument("--shots", default="1,5,10", help="examples per class, comma-separated (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=5, help="draws per number of shots (default: %(default)s)")
-    p.add_argument("--l2", type=float, default=1.0, help="L2 penalty on the weights (default: %(default)s)")
+    p.add_argument("--shots", type=shot_list, default="1,5,10",
+                   help="examples per class, comma-separated (default: %(default)s)")
+    p.add_argument("--seeds", type=positive_int, default=5, help="draws per number of shots (default: %(default)s)")
+    p.add_argument("--l2", type=positive_float, default=1.0, help="L2 penalty on the weights (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -32,7 +37,7 @@ def run(args):
     from ..recognition import few_shot
     try:
         train, val = load_train_val(args)
-        results = few_shot(train, val, shot_list(args.shots), args.seeds, args.l2, default_device(args))
+        results = few_shot(train, val, args.shots, args.seeds, args.l2, default_device(args))
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"mage-fast fewshot: {e}") from None
     for k, r in results.items():

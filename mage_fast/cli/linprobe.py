@@ -7,7 +7,7 @@ weights by a thousandth of their norm per step, so a small training set (one ste
 the schedule stretched to --min-steps steps; the output says which schedule ran.
 """
 from ..files import write_json as write_json_file
-from .common import non_negative_int
+from .common import integer, non_negative_float, non_negative_int, positive_float, positive_int
 
 
 def add_train_val_args(p):
@@ -37,13 +37,14 @@ def write_json(args, results):
 def register(sub):
     p = sub.add_parser("linprobe", help="linear probe (top-1/top-5) on cached features", description=__doc__)
     add_train_val_args(p)
-    p.add_argument("--epochs", type=int, default=90, help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=4096,
+    p.add_argument("--epochs", type=positive_int, default=90, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=4096,
                    help="(default: %(default)s, the official 128 x 32 GPUs; capped at the training set size)")
-    p.add_argument("--blr", type=float, default=0.1, help="base lr; lr = blr * batch / 256 (default: %(default)s; "
-                                                          "the official ViT-L run used 0.05)")
-    p.add_argument("--warmup-epochs", type=float, default=None, help="(default: epochs / 9, i.e. 10 of 90)")
-    p.add_argument("--seed", type=int, default=0, help="head initialisation and batch order (default: %(default)s)")
+    p.add_argument("--blr", type=positive_float, default=0.1,
+                   help="base lr; lr = blr * batch / 256 (default: %(default)s; the official ViT-L run used 0.05)")
+    p.add_argument("--warmup-epochs", type=non_negative_float, default=None,
+                   help="(default: epochs / 9, i.e. 10 of 90)")
+    p.add_argument("--seed", type=integer, default=0, help="head initialisation and batch order (default: %(default)s)")
     p.add_argument("--min-steps", type=non_negative_int, default=1000,
                    help="stretch a shorter schedule (epochs and warm-up alike) to this many optimizer steps; "
                         "0 keeps the official schedule whatever the data size (default: %(default)s)")

@@ -2,14 +2,12 @@
 torch.ops.mage_fast.decode_step{,_with_noise}, CPU (C++) and CUDA, defined in the extension
 mage_fast._C (no Triton kernel). Its definition is the reference model's decoding_step
 (`decode_step_ref`), which it matches bit for bit; not differentiable."""
-import math
-
 import torch
 
 from ..backends import extension_info, register_backend
 from ..configs import MASK_ID
 from ..reference.decoding import decoding_step
-from ..validation import FLOAT_TYPES, describe
+from ..validation import FLOAT_TYPES, check_decoding, describe
 
 
 _BUILT = extension_info()  # fixed for the process; read as a constant under torch.compile
@@ -57,8 +55,7 @@ def _check(logits, ids, step, num_iter, choice_temperature, num_initial_unknown,
         raise ValueError(f"decode_step: supports 1 to {_MAX_POSITIONS} positions, got {positions}")
     if not (num_iter >= 1 and 0 <= step < num_iter):
         raise ValueError(f"decode_step: need 0 <= step < num_iter, got step {step}, num_iter {num_iter}")
-    if not (math.isfinite(choice_temperature) and choice_temperature >= 0):
-        raise ValueError(f"decode_step: choice_temperature must be finite and >= 0, got {choice_temperature}")
+    check_decoding(num_iter, choice_temperature, "decode_step: ")
     _check_like(ids, "ids", torch.int64, (batch, positions), logits)
     for name, t in per_image:
         _check_like(t, name, torch.int64, (batch,), logits)

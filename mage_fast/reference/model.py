@@ -4,6 +4,7 @@ It is the oracle every fast path is tested against, so it favours clarity over s
 state_dict has exactly the official keys (the tokenizer under `vqgan.*`, the unused
 parameters included), so official checkpoints load with strict=True.
 """
+import dataclasses
 import functools
 import math
 from typing import Optional, Sequence, Union
@@ -12,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..configs import (FAKE_CLASS_ID, MASK_ID, MAGE_B, MAGE_L, NUM_TOKENS, SEQ_LEN,
-                       TINY_TEST, TOKEN_GRID, VOCAB_SIZE, MAGEConfig, VQGANConfig)
-from ..validation import check_ids, check_images, check_noise, check_seeds
+from ..configs import (CONFIGS, FAKE_CLASS_ID, MASK_ID, NUM_TOKENS, SEQ_LEN, TOKEN_GRID, VOCAB_SIZE,
+                       MAGEConfig, VQGANConfig)
+from ..validation import check_decoding, check_ids, check_images, check_noise, check_seeds
 from .decoding import decoding_step
 from .layers import Attention, Block, BertEmbeddings, MlmLayer, PatchEmbed, label_smoothed_nll, sincos_pos_embed
 from .vqgan import VQGAN
@@ -106,6 +107,12 @@ class MAGE(nn.Module):
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
         self.mlm_layer = MlmLayer(decoder_embed_dim, embed_dim, VOCAB_SIZE)
         self._init_weights()
+
+    @classmethod
+    def from_config(cls, cfg: MAGEConfig, **kwargs):
+        """This implementation at configuration `cfg` (e.g. configs.MAGE_B); kwargs override
+        constructor arguments (dropout, the mask-ratio distribution)."""
+        return cls(**{**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, **kwargs})
 
     def _init_weights(self):
         self.pos_embed.data.copy_(sincos_pos_embed(self.pos_embed.shape[-1], TOKEN_GRID))
@@ -255,10 +262,7 @@ class MAGE(nn.Module):
         """Iterative decoding from all-masked tokens: one seed per image -> ids [B, 256].
         Runs in eval mode (no dropout) and restores the module's mode afterwards."""
         seeds = check_seeds(seeds)
-        if num_iter < 1:
-            raise ValueError(f"num_iter must be >= 1, got {num_iter}")
-        if choice_temperature < 0:
-            raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
+        check_decoding(num_iter, choice_temperature)
         device = self.token_emb.word_embeddings.weight.device
         seeds = seeds.to(device)
         ids = torch.full((seeds.shape[0], NUM_TOKENS), MASK_ID, dtype=torch.long, device=device)
@@ -273,18 +277,14 @@ class MAGE(nn.Module):
         return filled
 
 
-def config_kwargs(cfg: MAGEConfig) -> dict:
-    """The constructor arguments of a configuration."""
-    return dict(embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
-                decoder_embed_dim=cfg.decoder_embed_dim, decoder_depth=cfg.decoder_depth,
-                decoder_num_heads=cfg.decoder_num_heads, mlp_ratio=cfg.mlp_ratio, vqgan=cfg.vqgan)
+def factories(cls) -> dict:
+    """What each implementation's module exports to build `cls` (the reference MAGE or a
+    subclass): `mage_from_config(cfg, **kwargs)` and one constructor per named configuration of
+    CONFIGS (mage_vit_base_patch16(**kwargs), ...); kwargs go to the constructor."""
+    return {"mage_from_config": cls.from_config,
+            **{name: functools.partial(cls.from_config, cfg) for name, cfg in CONFIGS.items()}}
 
 
-def mage_from_config(cfg: MAGEConfig, **kwargs) -> MAGE:
-    return MAGE(**{**config_kwargs(cfg), **kwargs})
-
-
-# The published sizes and a tiny configuration for CPU tests (not a published model).
-mage_vit_base_patch16 = functools.partial(mage_from_config, MAGE_B)
-mage_vit_large_patch16 = functools.partial(mage_from_config, MAGE_L)
-mage_vit_tiny_test = functools.partial(mage_from_config, TINY_TEST)
+# mage_from_config, mage_vit_base_patch16, mage_vit_large_patch16 (the published sizes) and
+# mage_vit_tiny_test (a tiny configuration for CPU tests, not a published model).
+globals().update(factories(MAGE))

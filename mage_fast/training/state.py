@@ -5,6 +5,7 @@ and ours) plus `train_state`, what an exact resume needs beyond it.
 No RNG state is saved: every draw of a step is a function of (seed, counters) (see batches.py),
 so the global step restores them all."""
 import argparse
+import dataclasses
 import os
 import shutil
 from typing import Optional
@@ -14,6 +15,7 @@ import torch
 from ..checkpoint import read_file
 from ..files import atomic_write
 from .batches import TrainOrder
+from .config import TrainConfig
 
 LAST = "checkpoint-last.pth"
 
@@ -22,10 +24,12 @@ def epoch_path(out: str, epoch: int) -> str:
     return os.path.join(out, f"checkpoint-{epoch}.pth")
 
 
-def save_checkpoint(path: str, model, optimizer, scaler, args: argparse.Namespace, order: TrainOrder, step: int):
+def save_checkpoint(path: str, model, optimizer, scaler, config: TrainConfig, order: TrainOrder, step: int):
     """Write atomically: a kill midway leaves the previous file. `epoch` is, as in the official
     files, the last completed epoch (-1 before the first ends): the official resume restarts
-    the epoch in progress, ours continues at `train_state['step']`. Without fp16 loss scaling
+    the epoch in progress, ours continues at `train_state['step']`. `args` is the config as an
+    argparse.Namespace of plain values, the type of the official files' `args`, which the
+    official loader and our read_file accept. Without fp16 loss scaling
     `scaler` is the state of a fresh scaler: the official resume loads it into an enabled one,
     which refuses a disabled one's {}, and a disabled one (ours without fp16) ignores it."""
     spe = order.steps_per_epoch
@@ -33,7 +37,7 @@ def save_checkpoint(path: str, model, optimizer, scaler, args: argparse.Namespac
         scaler = torch.amp.GradScaler("cpu")  # "cpu": no CUDA needed; the state is plain numbers
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": step // spe - 1,
             "scaler": scaler.state_dict(),
-            "args": argparse.Namespace(**{k: v for k, v in vars(args).items() if not callable(v)}),
+            "args": argparse.Namespace(**dataclasses.asdict(config)),
             "train_state": {"step": step, "step_in_epoch": step % spe, **order.settings}}
     with atomic_write(path) as f:
         torch.save(ckpt, f)

@@ -1,0 +1,49 @@
+"""The settings of a pretraining run: what `mage-fast train` builds from its flags, and what
+`train` takes from Python."""
+import dataclasses
+from typing import Optional
+
+from ..settings import ModelSettings, check_settings, setting
+from ..validation import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, PRECISIONS, Numbers, default_precision
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig(ModelSettings):
+    """Every setting of a pretraining run; the defaults are the official recipe's. Checked when
+    built: a ValueError names the field. `precision` and `workers` left None are chosen for the
+    device the run gets (see for_device); `device` None: CUDA if available (under torchrun,
+    the GPU of the local rank)."""
+    data: str = setting(path=True)      # image folder: class subfolders or images directly inside
+    out: str = setting(path=True)       # checkpoints and log.jsonl
+    dropout: float = setting(0.1, Numbers(float, 0, 1, high_open=True))
+    batch_size: int = setting(64, COUNT)        # images per process per forward
+    accum_iter: int = setting(1, COUNT)         # forwards accumulated per optimizer step
+    blr: float = setting(1.5e-4, POSITIVE)      # lr = blr * effective batch / 256 ...
+    lr: Optional[float] = setting(None, POSITIVE)   # ... unless the peak lr is given
+    min_lr: float = setting(0.0, NON_NEGATIVE)
+    weight_decay: float = setting(0.05, NON_NEGATIVE)
+    epochs: int = setting(1600, COUNT)
+    warmup_epochs: float = setting(40, NON_NEGATIVE)
+    clip_grad: float = setting(3.0, NON_NEGATIVE)   # 0: no clipping
+    precision: Optional[str] = setting(None, choices=PRECISIONS)
+    seed: int = setting(0, NON_NEGATIVE_INT)
+    workers: Optional[int] = setting(None, NON_NEGATIVE_INT)
+    resume: str = setting("auto", path=True)    # auto, none, or a checkpoint of a run
+    save_every: int = setting(1000, NON_NEGATIVE_INT)   # steps; 0: at epoch ends only
+    keep_every: int = setting(40, NON_NEGATIVE_INT)     # epochs; 0: the last only
+    max_steps: Optional[int] = setting(None, COUNT)
+    compile: bool = False
+    log_every: int = setting(20, COUNT)
+    device: Optional[str] = None
+
+    def __post_init__(self):
+        check_settings(self)
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs] = [0, {self.epochs}], got {self.warmup_epochs}")
+
+    def for_device(self, device_type: str) -> "TrainConfig":
+        """This config with the device's defaults where `precision` and `workers` are None: bf16
+        autocast and 10 image-decoding processes per GPU on CUDA; fp32 and the images decoded
+        in the training process on CPU."""
+        workers = (10 if device_type == "cuda" else 0) if self.workers is None else self.workers
+        return dataclasses.replace(self, precision=self.precision or default_precision(device_type), workers=workers)
