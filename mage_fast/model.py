@@ -112,9 +112,8 @@ class MAGE(reference.MAGE):
                         head.bias[0, 0, :codebook], targets.reshape(-1), row_weights)
 
 
-# mage_from_config, mage_vit_base_patch16, mage_vit_large_patch16, mage_vit_tiny_test: as the
-# reference's, building this MAGE.
-globals().update(reference.factories(MAGE))
+# The factories, as the reference's, building this MAGE.
+mage_from_config, mage_vit_base_patch16, mage_vit_large_patch16, mage_vit_tiny_test = reference.factories(MAGE)
 IMPLEMENTATIONS = {"fast": MAGE, "reference": reference.MAGE}
 
 

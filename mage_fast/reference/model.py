@@ -277,14 +277,13 @@ class MAGE(nn.Module):
         return filled
 
 
-def factories(cls) -> dict:
+def factories(cls):
     """What each implementation's module exports to build `cls` (the reference MAGE or a
-    subclass): `mage_from_config(cfg, **kwargs)` and one constructor per named configuration of
-    CONFIGS (mage_vit_base_patch16(**kwargs), ...); kwargs go to the constructor."""
-    return {"mage_from_config": cls.from_config,
-            **{name: functools.partial(cls.from_config, cfg) for name, cfg in CONFIGS.items()}}
+    subclass): mage_from_config(cfg, **kwargs), then one constructor per named configuration,
+    in the order of CONFIGS (mage_vit_base_patch16(**kwargs), ...); kwargs go to the
+    constructor. Unpacked into names, so that readers and tools see them."""
+    return (cls.from_config, *(functools.partial(cls.from_config, cfg) for cfg in CONFIGS.values()))
 
 
-# mage_from_config, mage_vit_base_patch16, mage_vit_large_patch16 (the published sizes) and
-# mage_vit_tiny_test (a tiny configuration for CPU tests, not a published model).
-globals().update(factories(MAGE))
+# The published sizes and a tiny configuration for CPU tests (not a published model).
+mage_from_config, mage_vit_base_patch16, mage_vit_large_patch16, mage_vit_tiny_test = factories(MAGE)
