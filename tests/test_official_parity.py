@@ -6,6 +6,7 @@ stand-ins take their place (MAGE uses only timm's PatchEmbed/Mlp/DropPath and Li
 class), and on a machine without CUDA `.cuda()` becomes a no-op so the official forward runs.
 Skipped when MAGE_OFFICIAL_REPO is not set.
 """
+import argparse
 import importlib
 import os
 import sys
@@ -18,8 +19,14 @@ import torch
 from torch import nn
 
 import mage_fast
-from mage_fast.configs import MASK_ID, VQGANConfig
+from mage_fast.configs import MASK_ID, MAGEConfig, VQGANConfig
+from mage_fast.finetune import param_groups_lrd
+from mage_fast.finetune.optim import build_optimizer
+from mage_fast.recognition.classifier import IMPLEMENTATIONS, UNUSED, FastMAGEClassifier, build_classifier
 from mage_fast.reference import MAGE, mage_vit_base_patch16
+from mage_fast.training.batches import TrainOrder
+from mage_fast.training.optim import freeze_unused
+from mage_fast.training.state import save_checkpoint
 
 OFFICIAL = os.environ.get("MAGE_OFFICIAL_REPO")
 pytestmark = pytest.mark.skipif(not OFFICIAL, reason="set MAGE_OFFICIAL_REPO to a checkout of LTH14/mage")
@@ -186,14 +193,12 @@ def finetune_pair(official_vit, request):
 
 
 def tiny_classifier(cls, global_pool):
-    from mage_fast.configs import MAGEConfig
     cfg = MAGEConfig(SIZES["embed_dim"], SIZES["depth"], SIZES["num_heads"], 1, 1, 1, vqgan=VQGANConfig())
     return cls(cfg, 10, global_pool, drop_path=0.1)
 
 
 @pytest.mark.parametrize("global_pool", [True, False])
 def test_finetune_model_keys_order_and_shapes(official_vit, global_pool):
-    from mage_fast.recognition.classifier import build_classifier
     theirs = official_classifier(official_vit, global_pool, base=True, num_classes=1000).state_dict()
     with torch.device("meta"):
         ours = build_classifier("mage_vit_base_patch16", 1000, global_pool).state_dict()
@@ -204,7 +209,6 @@ def test_finetune_model_keys_order_and_shapes(official_vit, global_pool):
 def test_finetune_logits_and_gradients(finetune_pair, images, impl):
     """On the same weights, eval mode, fp32: the official head(forward_features(x)) (timm 0.3.2's
     forward; newer timm's forward_head would pool the pooled features again)."""
-    from mage_fast.recognition.classifier import IMPLEMENTATIONS
     theirs, global_pool = finetune_pair
     ours = tiny_classifier(IMPLEMENTATIONS[impl], global_pool).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
@@ -228,10 +232,6 @@ def test_finetune_logits_and_gradients(finetune_pair, images, impl):
 def test_layer_decay_groups_are_the_official_ones(finetune_pair, official):
     """util/lr_decay.param_groups_lrd on the official model and ours: the same groups, in the
     same order, with the same parameters (by name), scales and weight decay."""
-    from mage_fast.finetune import param_groups_lrd
-    from mage_fast.recognition.classifier import FastMAGEClassifier
-    from mage_fast.training.optim import freeze_unused
-    from mage_fast.recognition.classifier import UNUSED
     lrd = importlib.import_module("util.lr_decay")
     theirs, global_pool = finetune_pair
     expected = lrd.param_groups_lrd(theirs, 0.05, no_weight_decay_list=theirs.no_weight_decay(), layer_decay=0.65)
@@ -249,13 +249,6 @@ def test_official_resume_loads_our_checkpoint(finetune_pair, official, images, t
     """One step of ours, saved as `mage-fast finetune` saves it; then the official misc.load_model:
     the model strictly, the optimizer into AdamW over the official groups, each parameter's state
     on the parameter of the same name."""
-    import argparse
-    from mage_fast.finetune import param_groups_lrd
-    from mage_fast.finetune.optim import build_optimizer
-    from mage_fast.recognition.classifier import UNUSED, FastMAGEClassifier
-    from mage_fast.training.batches import TrainOrder
-    from mage_fast.training.optim import freeze_unused
-    from mage_fast.training.state import save_checkpoint
     lrd = importlib.import_module("util.lr_decay")
     theirs, global_pool = finetune_pair
     ours = tiny_classifier(FastMAGEClassifier, global_pool).train()

@@ -17,7 +17,7 @@ from ..training.progress import Progress
 from ..training.state import LAST, keep_copy, restore_state, resume_path, save_checkpoint
 from ..validation import PRECISIONS
 from .config import FinetuneConfig
-from .evaluate import check_classes, eval_transform, validate
+from .evaluate import eval_transform, validate
 from .optim import build_optimizer, set_lr
 from .samples import FinetuneSamples, Objective, rand_augment
 from .weights import load_pretrained
