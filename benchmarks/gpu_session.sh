@@ -12,6 +12,7 @@
 #   bash benchmarks/gpu_session.sh bench-attention
 #   bash benchmarks/gpu_session.sh bench-kernels   # vq, token drop, decoding step, head + loss
 #   bash benchmarks/gpu_session.sh bench-train     # MAGE-B training step at batch 256
+#   bash benchmarks/gpu_session.sh bench-finetune  # MAGE-B fine-tuning step at batch 256
 #   bash benchmarks/gpu_session.sh bench-sample    # MAGE-B sampling, T = 20 and 12
 #   bash benchmarks/gpu_session.sh build test-kernels bench-kernels   # several in one call
 #
@@ -99,9 +100,10 @@ stage() {
     bench-attention) bench attention bench_attention.py ;;
     bench-kernels) for k in vq token_drop decode_step mlm_loss; do bench "$k" "bench_$k.py"; done ;;
     bench-train) bench train bench_train.py --batch 256 ;;
+    bench-finetune) bench finetune bench_train.py --batch 256 --workload finetune ;;
     bench-sample) bench sample bench_sampler.py ;;
     *) echo "unknown stage $1; stages: build test-attention test-kernels test-models test-rest" \
-            "bench-attention bench-kernels bench-train bench-sample"; status=2; return ;;
+            "bench-attention bench-kernels bench-train bench-finetune bench-sample"; status=2; return ;;
   esac
   case "$1" in bench-*) timed "collect-$1" benchmarks $PY collect.py ;; esac
 }

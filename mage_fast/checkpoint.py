@@ -63,12 +63,25 @@ def load_checkpoint(model: nn.Module, ckpt: Optional[str] = None, vqgan_ckpt: Op
     """
     if ckpt is None and vqgan_ckpt is None:
         raise ValueError("give a MAGE checkpoint, a VQGAN checkpoint, or both")
+    state = read_states(ckpt, vqgan_ckpt, trusted)
+    if ckpt is None:  # a tokenizer alone: only the tokenizer is expected
+        prefixes = tuple(p for p in prefixes if p.startswith("vqgan.")) if prefixes is not None else ("vqgan.",)
+    return load_state(model, state, strict, prefixes)
+
+
+def read_states(ckpt: Optional[str], vqgan_ckpt: Optional[str] = None, trusted: bool = False) -> dict:
+    """The tensors of `ckpt` with those of the tokenizer file `vqgan_ckpt` under `vqgan.*`, which
+    take precedence over the same keys in `ckpt`."""
     state = dict(read_state_dict(ckpt, trusted)) if ckpt else {}
     if vqgan_ckpt:
         state.update({f"vqgan.{k}": v for k, v in read_state_dict(vqgan_ckpt, trusted).items()})
+    return state
+
+
+def load_state(model: nn.Module, state: dict, strict: bool = True,
+               prefixes: Optional[Tuple[str, ...]] = None) -> LoadReport:
+    """Load the tensors `state` into `model`, as load_checkpoint does after reading its files."""
     expected = model.state_dict()
-    if ckpt is None:  # a tokenizer alone: only the tokenizer is expected
-        expected = {k: v for k, v in expected.items() if k.startswith("vqgan.")}
     if prefixes is not None:
         expected = {k: v for k, v in expected.items() if k.startswith(prefixes)}
     report = LoadReport(missing=sorted(set(expected) - set(state)),

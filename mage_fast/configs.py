@@ -50,15 +50,18 @@ CONFIGS = {
 }
 
 
+def blocks_flops(depth: int, dim: int, n: int, mlp_ratio: float) -> float:
+    """Forward matmul FLOPs of `depth` transformer blocks over n tokens, attention included."""
+    linear = 2 * n * dim * dim * (3 + 1 + 2 * mlp_ratio)
+    attention = 4 * n * n * dim
+    return depth * (linear + attention)
+
+
 def flops_per_image(cfg: MAGEConfig, seq_len: int, decoder_seq_len: int = SEQ_LEN) -> float:
     """Forward matmul FLOPs of the transformer (encoder over seq_len tokens, decoder over
     decoder_seq_len, MLM head over the 1024 codebook columns), attention included."""
-    def blocks(depth, dim, n):
-        linear = 2 * n * dim * dim * (3 + 1 + 2 * cfg.mlp_ratio)
-        attention = 4 * n * n * dim
-        return depth * (linear + attention)
-    enc = blocks(cfg.depth, cfg.embed_dim, seq_len)
-    dec = blocks(cfg.decoder_depth, cfg.decoder_embed_dim, decoder_seq_len)
+    enc = blocks_flops(cfg.depth, cfg.embed_dim, seq_len, cfg.mlp_ratio)
+    dec = blocks_flops(cfg.decoder_depth, cfg.decoder_embed_dim, decoder_seq_len, cfg.mlp_ratio)
     head = 2 * decoder_seq_len * (cfg.decoder_embed_dim * cfg.embed_dim + cfg.embed_dim * CODEBOOK_SIZE)
     embed = 2 * seq_len * cfg.embed_dim * cfg.decoder_embed_dim
     return float(enc + dec + head + embed)

@@ -135,7 +135,8 @@ class EvalTransform:
 
 class TrainTransform:
     """RandomResizedCrop(size, scale, ratio) then a horizontal flip with probability 1/2, to
-    [0, 1] CHW: the pretraining augmentation (bilinear, as torchvision's default there).
+    [0, 1] CHW: the pretraining augmentation (bilinear, as torchvision's default there;
+    fine-tuning resizes bicubic).
 
     Random numbers come from `generator` when given, else from torch's global RNG, which a
     DataLoader seeds differently in each worker (a generator stored here would be copied into
@@ -178,9 +179,13 @@ class TrainTransform:
         flip = bool(torch.rand(1, generator=generator) < 0.5)
         return box, flip
 
-    def __call__(self, img: Image.Image, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def crop_and_flip(self, img: Image.Image, generator: Optional[torch.Generator] = None) -> Image.Image:
+        """The transform before the tensor conversion (where fine-tuning adds RandAugment)."""
         (left, top, w, h), flip = self.params(*img.size, generator=generator)
         # Crop, then resize: PIL's resize(box=...) would also read pixels outside the box.
         img = img.crop((left, top, left + w, top + h)).resize((self.size, self.size),
                                                               INTERPOLATIONS[self.interpolation])
-        return to_tensor(img.transpose(Image.FLIP_LEFT_RIGHT) if flip else img)
+        return img.transpose(Image.FLIP_LEFT_RIGHT) if flip else img
+
+    def __call__(self, img: Image.Image, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return to_tensor(self.crop_and_flip(img, generator))

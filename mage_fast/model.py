@@ -43,13 +43,17 @@ class FastAttention(Attention):
         return self.proj_drop(self.proj(out))
 
 
+def tokenize_fast(vqgan, images):
+    """The VQGAN encoder, then the fused distance + argmin kernel: ids [B, 256]."""
+    return vq_nearest(vqgan.encoder(images.float()), vqgan.quantize.embedding.weight)
+
+
 class MAGE(reference.MAGE):
     attention = FastAttention
     decoding_step = staticmethod(decode_step)
 
     def _tokenize(self, images):
-        z = self.vqgan.encoder(images.float())
-        return vq_nearest(z, self.vqgan.quantize.embedding.weight)
+        return tokenize_fast(self.vqgan, images)
 
     def _num_masked(self, ratio: torch.Tensor, num_dropped: int) -> torch.Tensor:
         """ceil(256 * ratio) on the device, within [num_dropped, 256]."""
@@ -121,11 +125,16 @@ def build_model(name: str, impl: str = "fast", init_seed: Optional[int] = 0, **k
     """The model `name` (a key of CONFIGS) from implementation `impl` ("fast" or "reference");
     kwargs go to its constructor. The random initialisation is drawn from `init_seed` (None:
     torch's global RNG), so every process and every resumed run starts from the same weights."""
+    return build_seeded({k: cls.from_config for k, cls in IMPLEMENTATIONS.items()}, name, impl, init_seed, **kwargs)
+
+
+def build_seeded(implementations: dict, name: str, impl: str, init_seed: Optional[int], *args, **kwargs):
+    """implementations[impl](CONFIGS[name], *args, **kwargs), initialised from `init_seed`."""
     if name not in CONFIGS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(CONFIGS))}")
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"impl must be one of {sorted(IMPLEMENTATIONS)}, got {impl!r}")
+    if impl not in implementations:
+        raise ValueError(f"impl must be one of {sorted(implementations)}, got {impl!r}")
     with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
         if init_seed is not None:
             torch.manual_seed(init_seed)
-        return IMPLEMENTATIONS[impl].from_config(CONFIGS[name], **kwargs)
+        return implementations[impl](CONFIGS[name], *args, **kwargs)

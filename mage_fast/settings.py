@@ -7,6 +7,7 @@ command line makes its flags from the same fields (cli.common.add_setting): a nu
 becomes the flag's argparse type and a choice its `choices`, so the CLI refuses bad input
 before any work with the rule the library holds, never a copy of it.
 """
+import argparse
 import dataclasses
 import logging
 import os
@@ -59,6 +60,12 @@ def check_settings(config):
             meta["numbers"].check(f.name, value)
         if meta.get("choices") is not None and value not in meta["choices"]:
             raise ValueError(f"{f.name} must be one of {', '.join(sorted(meta['choices']))}, got {value!r}")
+
+
+def as_namespace(config, **extra) -> argparse.Namespace:
+    """A run's settings (and `extra` values) as the `args` entry of a checkpoint: the official
+    files pickle their argparse arguments, which the official loader and our read_file accept."""
+    return argparse.Namespace(**{**dataclasses.asdict(config), **extra})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -20,15 +20,16 @@ from helpers import strict_json
 def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
     main(["bench", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "No GPU" in out and "images_per_s" in out and "sample T=12" in out
+    assert "No GPU" in out and "images_per_s" in out and "sample T=12" in out and "finetune" in out
     record = strict_json(next(tmp_path.glob("cpu-*[0-9].json")).read_text())
     for key in ("device", "date", "versions", "nvml", "nvml_after", "roofline", "model", "sections"):
         assert key in record, key
     assert record["model"] == "mage_vit_tiny_test" and record["roofline"] is None
     assert list(record["sections"])[0] == "workloads-mage_vit_tiny_test"
     rows = record["sections"]["workloads-mage_vit_tiny_test"]
-    assert {r["implementation"] for r in rows} == {"reference fp32", "fast fp32", "reference fp32 (official)",
-                                                    "fast sampler fp32"}
+    assert {(r["workload"], r["implementation"]) for r in rows} == {
+        ("train", "reference fp32"), ("train", "fast fp32"), ("finetune", "reference fp32"), ("finetune", "fast fp32"),
+        ("sample T=12", "reference fp32 (official)"), ("sample T=12", "fast sampler fp32")}
     for r in rows:
         assert r["median_ms"] > 0 and r["images_per_s"] > 0 and r["tflops"] > 0 and r["speedup"] > 0
         assert math.isclose(r["images_per_s"], r["batch"] / (r["median_ms"] / 1e3))
@@ -68,6 +69,39 @@ def test_training_cases_rotate_their_inputs(monkeypatch):
     fast = seen[len(seen) // 2:]                                 # the reference's steps, then the fast module's
     assert len({ptr for ptr, _ in fast[:-1]}) == workloads.ROTATE and fast[-1][0] == fast[0][0]
     assert len({ratio for _, ratio in fast}) == len(fast) and all(0.5 <= r <= 1 for _, r in fast)
+
+
+def test_finetune_cases_train_the_classifier_on_rotating_inputs(monkeypatch):
+    """The fine-tuning row: the fast classifier against the reference (on CUDA the official way,
+    fp16 with a loss scaler), each step on the next batch and soft targets, the weights moving."""
+    from mage_fast.bench import workloads
+    seen, heads = [], []
+    real_step = workloads._finetune_step
+
+    def recording_step(model, dtype):
+        step = real_step(model, dtype)
+        heads.append((model, model.head.weight.detach().clone()))
+        return lambda images, targets: (seen.append((type(model).__name__, images.data_ptr(), targets.sum().item())),
+                                        step(images, targets))[1]
+    monkeypatch.setattr(workloads, "_finetune_step", recording_step)
+    rows = workloads.finetune_workloads("mage_vit_tiny_test", 1, torch.device("cpu"), warmup=0,
+                                        repeats=workloads.ROTATE + 1, num_classes=10)
+    assert [(r.workload, r.implementation, r.baseline, r.batch) for r in rows] == [
+        ("finetune", "reference fp32", "reference fp32", 1), ("finetune", "fast fp32", "reference fp32", 1)]
+    assert [name for name, _, _ in seen] == ["MAGEClassifier"] * 4 + ["FastMAGEClassifier"] * 4
+    fast = seen[4:]
+    assert len({ptr for _, ptr, _ in fast[:-1]}) == workloads.ROTATE and fast[-1][1] == fast[0][1]
+    assert all(abs(total - 1) < 1e-5 for _, _, total in fast)      # one distribution per image
+    assert all(not torch.equal(model.head.weight, before) for model, before in heads)
+    # The FLOPs: 3x the matmuls of the classifier's forward (counted, tokenizer aside) + the tokenizer's.
+    from torch.utils.flop_counter import FlopCounterMode
+    from mage_fast.bench.flops import tokenizer_flops
+    model = heads[0][0]
+    ids = torch.zeros(2, 256, dtype=torch.long)
+    monkeypatch.setattr(model, "_tokenize", lambda images: ids)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.rand(2, 3, 256, 256))
+    assert rows[1].flops_per_image == 3 * counter.get_total_flops() / 2 + tokenizer_flops(model.config)
 
 
 @pytest.mark.parametrize("flag", ["--repeats=0", "--batch=-1", "--warmup=-1", "--num-iter=x"])

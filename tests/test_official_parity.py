@@ -6,6 +6,7 @@ stand-ins take their place (MAGE uses only timm's PatchEmbed/Mlp/DropPath and Li
 class), and on a machine without CUDA `.cuda()` becomes a no-op so the official forward runs.
 Skipped when MAGE_OFFICIAL_REPO is not set.
 """
+import argparse
 import importlib
 import os
 import sys
@@ -18,8 +19,14 @@ import torch
 from torch import nn
 
 import mage_fast
-from mage_fast.configs import MASK_ID, VQGANConfig
+from mage_fast.configs import MASK_ID, MAGEConfig, VQGANConfig
+from mage_fast.finetune import param_groups_lrd
+from mage_fast.finetune.optim import build_optimizer
+from mage_fast.recognition.classifier import IMPLEMENTATIONS, UNUSED, FastMAGEClassifier, build_classifier
 from mage_fast.reference import MAGE, mage_vit_base_patch16
+from mage_fast.training.batches import TrainOrder
+from mage_fast.training.optim import freeze_unused
+from mage_fast.training.state import save_checkpoint
 
 OFFICIAL = os.environ.get("MAGE_OFFICIAL_REPO")
 pytestmark = pytest.mark.skipif(not OFFICIAL, reason="set MAGE_OFFICIAL_REPO to a checkout of LTH14/mage")
@@ -149,3 +156,120 @@ def test_training_loss_and_gradients(pair, images, monkeypatch, ratio):
             assert grads[name].grad is None, name
         else:
             torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------- the fine-tuning model
+# timm 0.3.2 (the official code's pin) has no fc_norm: the official subclass adds it after the
+# head. Newer timm registers an Identity fc_norm before the head, which the subclass's LayerNorm
+# replaces in place, and a few parameterless modules. This is 0.3.2's order of the submodules.
+TIMM_032_ORDER = ("patch_embed", "pos_drop", "blocks", "norm", "head", "fc_norm", "vqgan", "token_emb")
+
+
+@pytest.fixture(scope="module")
+def official_vit(official):
+    """models_vit_mage, which subclasses timm's real VisionTransformer (no stand-in will do)."""
+    if not hasattr(sys.modules.get("timm.models.vision_transformer"), "VisionTransformer"):
+        pytest.skip("the official fine-tuning model needs timm installed")
+    return importlib.import_module("models_vit_mage")
+
+
+def official_classifier(official_vit, global_pool, base=False, **kwargs):
+    sizes = {} if base else dict(embed_dim=SIZES["embed_dim"], depth=SIZES["depth"], num_heads=SIZES["num_heads"],
+                                 mlp_ratio=4, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    build = official_vit.vit_base_patch16 if base else official_vit.VisionTransformerMage
+    model = build(global_pool=global_pool, vqgan_ckpt_path=None, **sizes, **kwargs)
+    order = [n for n in TIMM_032_ORDER if n in model._modules] + [n for n in model._modules if n not in TIMM_032_ORDER]
+    model._modules = type(model._modules)((n, model._modules[n]) for n in order)
+    return model
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["global_pool", "cls_token"])
+def finetune_pair(official_vit, request):
+    torch.manual_seed(0)
+    theirs = official_classifier(official_vit, request.param, num_classes=10, drop_path_rate=0.1).eval()
+    with torch.no_grad():
+        theirs.vqgan.quantize.embedding.weight.normal_()
+    return theirs, request.param
+
+
+def tiny_classifier(cls, global_pool):
+    cfg = MAGEConfig(SIZES["embed_dim"], SIZES["depth"], SIZES["num_heads"], 1, 1, 1, vqgan=VQGANConfig())
+    return cls(cfg, 10, global_pool, drop_path=0.1)
+
+
+@pytest.mark.parametrize("global_pool", [True, False])
+def test_finetune_model_keys_order_and_shapes(official_vit, global_pool):
+    theirs = official_classifier(official_vit, global_pool, base=True, num_classes=1000).state_dict()
+    with torch.device("meta"):
+        ours = build_classifier("mage_vit_base_patch16", 1000, global_pool).state_dict()
+    assert [(k, tuple(v.shape)) for k, v in theirs.items()] == [(k, tuple(v.shape)) for k, v in ours.items()]
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_finetune_logits_and_gradients(finetune_pair, images, impl):
+    """On the same weights, eval mode, fp32: the official head(forward_features(x)) (timm 0.3.2's
+    forward; newer timm's forward_head would pool the pooled features again)."""
+    theirs, global_pool = finetune_pair
+    ours = tiny_classifier(IMPLEMENTATIONS[impl], global_pool).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    weights = torch.randn(2, 10, generator=torch.Generator().manual_seed(1))
+    theirs.zero_grad(set_to_none=True)
+    expected = theirs.head(theirs.forward_features(images))
+    (expected * weights).sum().backward()
+    got = ours(images)
+    (got * weights).sum().backward()
+    print(f"\n{impl} {'global pool' if global_pool else 'class token'}: max |logit error| "
+          f"{(got - expected).abs().max().item():.3e} (logits up to {expected.abs().max().item():.3e})")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    grads = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        if grads[name].grad is None:
+            assert p.grad is None, name
+        else:
+            torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_layer_decay_groups_are_the_official_ones(finetune_pair, official):
+    """util/lr_decay.param_groups_lrd on the official model and ours: the same groups, in the
+    same order, with the same parameters (by name), scales and weight decay."""
+    lrd = importlib.import_module("util.lr_decay")
+    theirs, global_pool = finetune_pair
+    expected = lrd.param_groups_lrd(theirs, 0.05, no_weight_decay_list=theirs.no_weight_decay(), layer_decay=0.65)
+    ours = tiny_classifier(FastMAGEClassifier, global_pool)
+    freeze_unused(ours, UNUSED)   # as fine-tuning runs it: still listed
+    got = param_groups_lrd(ours, 0.05, 0.65)
+
+    def named(groups, model):
+        name = {id(p): n for n, p in model.named_parameters()}
+        return [(g["lr_scale"], g["weight_decay"], [name[id(p)] for p in g["params"]]) for g in groups]
+    assert named(got, ours) == named(expected, theirs)
+
+
+def test_official_resume_loads_our_checkpoint(finetune_pair, official, images, tmp_path):
+    """One step of ours, saved as `mage-fast finetune` saves it; then the official misc.load_model:
+    the model strictly, the optimizer into AdamW over the official groups, each parameter's state
+    on the parameter of the same name."""
+    lrd = importlib.import_module("util.lr_decay")
+    theirs, global_pool = finetune_pair
+    ours = tiny_classifier(FastMAGEClassifier, global_pool).train()
+    ours.load_state_dict(theirs.state_dict())
+    freeze_unused(ours, UNUSED)
+    optimizer = build_optimizer(ours, 1e-3, 0.05, 0.65)
+    ours(images).logsumexp(1).mean().backward()
+    optimizer.step()
+    path = tmp_path / "ckpt.pth"
+    save_checkpoint(str(path), ours, optimizer, torch.amp.GradScaler("cpu", enabled=False), argparse.Namespace(),
+                    TrainOrder(2, 1, 1, 0), 1)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    theirs.load_state_dict(ckpt["model"])
+    official_optimizer = torch.optim.AdamW(lrd.param_groups_lrd(theirs, 0.05, theirs.no_weight_decay(), 0.65),
+                                           lr=1e-3, betas=(0.9, 0.999))
+    official_optimizer.load_state_dict(ckpt["optimizer"])
+    name = {id(p): n for n, p in theirs.named_parameters()}
+    mine = {n: optimizer.state[p] for n, p in ours.named_parameters() if p in optimizer.state}
+    landed = {name[id(p)]: s for p, s in official_optimizer.state.items()}
+    assert landed.keys() == mine.keys() and len(mine) > 0
+    assert not any(n.startswith(UNUSED) for n in landed)
+    for n, s in landed.items():
+        torch.testing.assert_close(s["exp_avg"], mine[n]["exp_avg"], rtol=0, atol=0, msg=n)
+    assert len(param_groups_lrd(ours, 0.05, 0.65)) == len(official_optimizer.param_groups)

@@ -4,7 +4,7 @@ from typing import Callable
 
 import torch
 
-from ..configs import NUM_TOKENS, SEQ_LEN, MAGEConfig, flops_per_image
+from ..configs import NUM_TOKENS, SEQ_LEN, MAGEConfig, blocks_flops, flops_per_image
 
 
 def conv_flops(build: Callable[[], torch.nn.Module], input_shape) -> float:
@@ -44,3 +44,10 @@ def train_flops_per_image(cfg: MAGEConfig) -> float:
 def sample_flops_per_image(cfg: MAGEConfig, num_iter: int) -> float:
     """num_iter forwards over all 257 tokens, then one VQGAN decode."""
     return num_iter * flops_per_image(cfg, SEQ_LEN) + detokenizer_flops(cfg)
+
+
+def finetune_flops_per_image(cfg: MAGEConfig, num_classes: int) -> float:
+    """fwd + bwd (3x the forward) of the encoder over all 257 tokens and the linear head, plus
+    the frozen tokenizer's forward."""
+    encoder = blocks_flops(cfg.depth, cfg.embed_dim, SEQ_LEN, cfg.mlp_ratio) + 2 * cfg.embed_dim * num_classes
+    return 3 * encoder + tokenizer_flops(cfg)

@@ -124,7 +124,8 @@ def plot(path: str, sections: Dict[str, tuple], title: str = "") -> Optional[str
 
 
 # How a full run lists its sections; the model workloads' titles begin with these.
-SECTION_ORDER = ("workloads", "train", "sampler", "attention", "vq", "token_drop", "decode_step", "mlm_loss")
+SECTION_ORDER = ("workloads", "train", "finetune", "sampler", "attention", "vq", "token_drop", "decode_step",
+                 "mlm_loss")
 
 
 def collect(out_dir: str, prefix: str) -> List[str]:

@@ -1,5 +1,6 @@
 """The whole-model workloads `mage-fast bench` times side by side in one run: a training step
-(tokenizer, forward, backward, AdamW) and image generation (T steps and the VQGAN decode)."""
+(tokenizer, forward, backward, AdamW), a fine-tuning step and image generation (T steps and the
+VQGAN decode)."""
 import gc
 import itertools
 import logging
@@ -11,11 +12,13 @@ import torch
 
 from ..configs import CONFIGS
 from ..cuda_graphs import capture
+from ..finetune.optim import build_optimizer as layer_decay_optimizer
 from ..model import build_model
+from ..recognition.classifier import UNUSED as CLASSIFIER_UNUSED, build_classifier
 from ..training.optim import build_optimizer, freeze_unused
 from ..validation import PRECISIONS, default_precision, precision_name
 from .baselines import official_generate
-from .flops import sample_flops_per_image, train_flops_per_image
+from .flops import finetune_flops_per_image, sample_flops_per_image, train_flops_per_image
 from .measure import time_ms
 
 log = logging.getLogger(__name__)
@@ -161,6 +164,57 @@ def _largest_batch_that_fits(label, batch, device, run):
                 raise
             log.warning("%s: out of memory at batch %d, running it at %d", label, batch, batch // 2)
         batch //= 2  # outside the handler, so the failed attempt's frames are freed first
+
+
+def finetune_workloads(model_name: str, batch: int, device: torch.device, warmup: int, repeats: int,
+                       dtype: torch.dtype = None, num_classes: int = 1000) -> List[Result]:
+    """A fine-tuning step (tokenizer, the classifier over all 257 tokens with drop path 0.1, the
+    soft-target loss that mixup gives, backward, AdamW with layer-wise lr decay) of the fast
+    classifier under `dtype` autocast (default: bf16 on CUDA, fp32 on CPU) and, on CUDA, of the
+    reference classifier under it too; each timed over the reference run the official way on
+    CUDA (fp16 autocast with loss scaling, fp32 attention scores materialised), on CPU over the
+    reference under `dtype`."""
+    dtype = dtype or PRECISIONS[default_precision(device.type)]
+    name = precision_name(dtype)
+    cases = [(f"reference {name}", "reference", dtype), (f"fast {name}", "fast", dtype)]
+    if device.type == "cuda":
+        cases = [("reference fp16 (official)", "reference", torch.float16)] + cases
+    baseline = cases[0][0]
+    flops = finetune_flops_per_image(CONFIGS[model_name], num_classes)
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(batch, 3, 256, 256, generator=generator).to(device) for _ in range(ROTATE)]
+    targets = [torch.rand(batch, num_classes, generator=generator).softmax(-1).to(device) for _ in range(ROTATE)]
+
+    def run(label, impl, case_dtype, b):
+        model = build_classifier(model_name, num_classes, impl=impl).to(device).train()
+        step = _finetune_step(model, case_dtype)
+        batches = itertools.cycle(list(zip(images, targets)))
+        return _measure("finetune", label, b, lambda: step(*[t[:b] for t in next(batches)]), flops, device,
+                        warmup, repeats, baseline)
+    results = [_largest_batch_that_fits(label, batch, device, lambda b: run(label, impl, case_dtype, b))
+               for label, impl, case_dtype in cases]
+    _release()
+    return results
+
+
+def _finetune_step(model, dtype):
+    """One optimizer step of the official fine-tuning recipe, without clipping (its default);
+    fp16 with a loss scaler as the official code runs it."""
+    freeze_unused(model, CLASSIFIER_UNUSED)
+    opt = layer_decay_optimizer(model, 1e-4, 0.05, 0.65)
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+    device = model.head.weight.device
+
+    def step(images, targets):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = model(images)
+        loss = -(targets * logits.float().log_softmax(-1)).sum(-1).mean()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return loss
+    return step
 
 
 def sample_workloads(model_name: str, batch: Optional[int], num_iter: int, device: torch.device,

@@ -2,9 +2,9 @@
 import argparse
 import logging
 
-from . import bench, edit, features, fewshot, fid, info, linprobe, sample, train
+from . import bench, edit, evaluate, features, fewshot, fid, finetune, info, linprobe, sample, train
 
-SUBCOMMANDS = (info, bench, sample, edit, fid, features, linprobe, fewshot, train)
+SUBCOMMANDS = (info, bench, sample, edit, fid, features, linprobe, fewshot, train, finetune, evaluate)
 
 
 def main(argv=None):

@@ -1,9 +1,9 @@
-"""`mage-fast bench`: training and sampling throughput of MAGE on this machine, the fast module
-timed side by side with the reference in one run, plus the per-kernel benchmarks.
+"""`mage-fast bench`: training, fine-tuning and sampling throughput of MAGE on this machine, the
+fast module timed side by side with the reference in one run, plus the per-kernel benchmarks.
 
 For each workload: images/s, ms per step, TFLOP/s, MFU against the device's bf16 peak, peak
 memory and the speed-up over its baseline (training: the reference under the same autocast;
-sampling: the reference run as the official script runs it). Device telemetry (NVML: name,
+fine-tuning and sampling: the reference run as the official scripts run it). Device telemetry (NVML: name,
 driver, clocks, power, temperature) is recorded before and after. On CUDA the model is MAGE-B;
 on CPU the tiny test configuration, whose numbers only show that everything runs.
 """
@@ -26,12 +26,12 @@ BENCHMARKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os
 def register(sub):
     p = sub.add_parser("bench", help="time MAGE training, sampling and the kernels on this machine",
                        description=__doc__)
-    p.add_argument("--what", choices=("train", "sample", "kernels", "all"), default="all",
+    p.add_argument("--what", choices=("train", "finetune", "sample", "kernels", "all"), default="all",
                    help="which workloads (default: all; kernels need the repository's benchmarks/ folder)")
     p.add_argument("--model", choices=sorted(CONFIGS), default=None,
                    help="model size (default: mage_vit_base_patch16 on CUDA, mage_vit_tiny_test on CPU)")
     p.add_argument("--batch", type=positive_int, default=None,
-                   help="training images per step (default: 256 on CUDA, 2 on CPU)")
+                   help="training and fine-tuning images per step (default: 256 on CUDA, 2 on CPU)")
     p.add_argument("--sample-batch", type=positive_int, default=None,
                    help="the fast sampler's batch (default: the largest that fits on CUDA, 1 on CPU)")
     p.add_argument("--num-iter", type=number(NUM_ITER), default=12,
@@ -65,7 +65,7 @@ def run_kernel_scripts(out_dir, smoke):
 def run(args):
     from ..bench.measure import device_record, roofline_peak
     from ..bench.report import collect, describe, describe_nvml, stem, table, write
-    from ..bench.workloads import COLUMNS, as_rows, sample_workloads, train_workloads
+    from ..bench.workloads import COLUMNS, as_rows, finetune_workloads, sample_workloads, train_workloads
     from ..telemetry import nvml_snapshot
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
@@ -80,6 +80,9 @@ def run(args):
     results = []
     if args.what in ("train", "all"):
         results += train_workloads(model, args.batch or (256 if cuda else 2), device, args.warmup, args.repeats, dtype)
+    if args.what in ("finetune", "all"):
+        results += finetune_workloads(model, args.batch or (256 if cuda else 2), device, args.warmup, args.repeats,
+                                      dtype)
     if args.what in ("sample", "all"):
         results += sample_workloads(model, args.sample_batch, args.num_iter, device, args.warmup, args.repeats,
                                     dtype=dtype)

@@ -1,5 +1,5 @@
-"""Feature extraction over an image folder: batched, resumable, and split over processes with
-torch.distributed (torchrun).
+"""Feature extraction (and any other per-image output, such as a classifier's predictions) over
+an image folder: batched, resumable, and split over processes with torch.distributed (torchrun).
 
 The dataset is cut into fixed chunks of consecutive images. Each finished chunk is written
 atomically to `<out>.partial/`, so a rerun after a kill skips the chunks already there. Batches
@@ -63,6 +63,30 @@ def extract_features(model, dataset: ImageFolder, out: str, pool: str = "avg", b
     (see mage_fast.distributed.init) to split the work. Returns the features on process 0, None
     on the others."""
     check_format(out)
+    meta = {**(meta or {}), "pool": pool}
+    features = map_chunks(lambda images: model.features(images, pool).float(), model, dataset, out + ".partial",
+                          meta, batch_size, chunk_size, device, workers, "features")
+    if features is None:
+        return None
+    fs = FeatureSet(features, np.asarray(dataset.labels, dtype=np.int64), list(dataset.files),
+                    list(dataset.classes), chunk_manifest(meta, dataset, batch_size, chunk_size))
+    save_features(out, fs)
+    shutil.rmtree(out + ".partial")
+    return fs
+
+
+def chunk_manifest(meta: dict, dataset: ImageFolder, batch_size: int, chunk_size: int) -> dict:
+    """Everything that changes a chunk's content: a rerun with other settings must not reuse it."""
+    return json.loads(to_json({**meta, "batch_size": batch_size, "chunk_size": chunk_size, "images": len(dataset),
+                                  "files_sha1": hashlib.sha1("\n".join(dataset.files).encode()).hexdigest()}))
+
+
+def map_chunks(fn, model, dataset: ImageFolder, partial: str, meta: dict, batch_size: int, chunk_size: int,
+               device=None, workers: int = 0, desc: str = "images") -> Optional[np.ndarray]:
+    """fn(images) -> rows (a tensor) for every image of `dataset`, in model's eval mode under
+    no_grad (bf16 autocast on CUDA), each finished chunk kept in `partial` (see the module's
+    docstring). The rows in dataset order on process 0, None on the others; the caller writes
+    them and removes `partial`."""
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size}, {chunk_size}")
     device = torch.device(device or "cpu")
@@ -70,11 +94,7 @@ def extract_features(model, dataset: ImageFolder, out: str, pool: str = "avg", b
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     n = len(dataset)
     chunks = [range(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
-    partial = out + ".partial"
-    # Anything that changes a chunk's content: a rerun with other settings must not reuse it.
-    manifest = json.loads(to_json({
-        **(meta or {}), "pool": pool, "batch_size": batch_size, "chunk_size": chunk_size, "images": n,
-        "files_sha1": hashlib.sha1("\n".join(dataset.files).encode()).hexdigest()}))
+    manifest = chunk_manifest(meta, dataset, batch_size, chunk_size)
     if rank == 0:
         _prepare_partial(partial, manifest)
     _barrier()
@@ -88,11 +108,11 @@ def extract_features(model, dataset: ImageFolder, out: str, pool: str = "avg", b
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=[list(b) for _, b, _ in batches],
                                          num_workers=workers, pin_memory=device.type == "cuda")
     bar = tqdm(total=sum(len(chunks[k]) for k in mine), initial=sum(len(chunks[k]) for k in mine if done[k]),
-               unit="img", desc="features", disable=rank != 0)
+               unit="img", desc=desc, disable=rank != 0)
     rows = []
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for (k, _, last), (images, _) in zip(batches, loader):
-            rows.append(model.features(images.to(device, non_blocking=True), pool).float().cpu().numpy())
+            rows.append(fn(images.to(device, non_blocking=True)).cpu().numpy())
             bar.update(len(images))
             if last:
                 with atomic_write(_chunk_path(partial, k)) as f:
@@ -100,22 +120,16 @@ def extract_features(model, dataset: ImageFolder, out: str, pool: str = "avg", b
                 rows = []
     bar.close()
     _barrier()
-    if rank != 0:
-        return None
-    return _merge(partial, chunks, dataset, out, manifest)
+    return _merge(partial, chunks, n) if rank == 0 else None
 
 
-def _merge(partial, chunks, dataset, out, meta) -> FeatureSet:
-    features = None
+def _merge(partial, chunks, n) -> np.ndarray:
+    merged = None
     for k, rows in enumerate(chunks):
         part = np.load(_chunk_path(partial, k))
         if len(part) != len(rows):
             raise RuntimeError(f"{_chunk_path(partial, k)} holds {len(part)} rows, expected {len(rows)}")
-        if features is None:  # filled in place: concatenating the chunks would double peak memory
-            features = np.empty((len(dataset), part.shape[1]), dtype=np.float32)
-        features[rows.start:rows.stop] = part
-    fs = FeatureSet(features, np.asarray(dataset.labels, dtype=np.int64), list(dataset.files),
-                    list(dataset.classes), meta)
-    save_features(out, fs)
-    shutil.rmtree(partial)
-    return fs
+        if merged is None:  # filled in place: concatenating the chunks would double peak memory
+            merged = np.empty((n,) + part.shape[1:], dtype=part.dtype)
+        merged[rows.start:rows.stop] = part
+    return merged

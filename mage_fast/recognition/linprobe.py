@@ -67,10 +67,15 @@ def lr_at(epoch: float, lr: float, epochs: float, warmup_epochs: float) -> float
     return lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs)))
 
 
+def topk_hits(top: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """How many rows of `top` (predicted classes, best first) have their label among the first k."""
+    return (top[:, :k] == labels[:, None]).any(dim=1).sum()
+
+
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """Percentage of rows whose label is among the k highest logits."""
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    return 100.0 * (top == labels[:, None]).any(dim=1).float().mean().item()
+    return 100.0 * topk_hits(top, labels, k).item() / len(labels)
 
 
 def probe_schedule(num_train: int, batch: int, epochs: int, warmup: float, min_steps: int):

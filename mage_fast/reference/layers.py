@@ -46,19 +46,41 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block (LayerNorm eps 1e-6, exact GELU, no drop path)."""
+class DropPath(nn.Module):
+    """Stochastic depth as timm 0.3.2 (the official fine-tuning's) draws it: in training, each
+    sample's branch is kept where floor(1 - p + U[0, 1)) is 1 (probability 1 - p) and scaled by
+    1/(1 - p). U is drawn in fp32 whatever x's dtype (timm draws in x's, whose bf16 or fp16
+    spacing near 1 would round the keep probability), so every precision drops the same samples."""
 
-    def __init__(self, dim, num_heads, mlp_ratio, dropout, attention=Attention):
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop path probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = (keep + torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device)).floor_()
+        return x.div(keep) * mask.to(x.dtype)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block (LayerNorm eps 1e-6, exact GELU). drop_path > 0 adds stochastic
+    depth on both residual branches (fine-tuning); pretraining has none."""
+
+    def __init__(self, dim, num_heads, mlp_ratio, dropout, attention=Attention, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = attention(dim, num_heads, dropout)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class BertEmbeddings(nn.Module):

@@ -15,6 +15,7 @@ from ..data import ImageFolder
 from ..model import build_model
 from ..validation import PRECISIONS
 from .batches import TrainOrder, TrainSamples, mask_ratio, seed_dropout
+from ..settings import as_namespace
 from .config import TrainConfig
 from .optim import build_optimizer, freeze_unused, lr_at, scaled_lr
 from .progress import Progress
@@ -139,7 +140,7 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
                 progress.report(step, lr)
             if save and ctx.is_main:
                 last = os.path.join(config.out, LAST)
-                save_checkpoint(last, model, optimizer, scaler, config, order, step)
+                save_checkpoint(last, model, optimizer, scaler, as_namespace(config), order, step)
                 epoch = step // spe - 1
                 if epoch_end and ((config.keep_every and epoch % config.keep_every == 0) or epoch + 1 == config.epochs):
                     keep_copy(last, epoch_path(config.out, epoch))

@@ -11,8 +11,9 @@ BETAS = (0.9, 0.95)
 UNUSED = ("cls_token", "mask_token", "patch_embed.", "decoder_pred.")
 
 
-def freeze_unused(model: nn.Module):
-    """Take the parameters the forward never uses out of training.
+def freeze_unused(model: nn.Module, unused=UNUSED):
+    """Take the parameters the forward never uses (names starting with one of `unused`) out of
+    training.
 
     The official code leaves them trainable, but they never get a gradient, so AdamW skips
     them and they never change: freezing them changes no result. What it buys is that every
@@ -21,7 +22,7 @@ def freeze_unused(model: nn.Module):
     find_unused_parameters=True costs) and no parameter's gradient is missing from the sync.
     param_groups still lists them, so the optimizer's groups stay the official ones."""
     for name, p in model.named_parameters():
-        if name.startswith(UNUSED):
+        if name.startswith(unused):
             p.requires_grad_(False)
 
 
@@ -54,6 +55,17 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, capturable
     fused = next(model.parameters()).device.type == "cuda"  # one kernel for all params on GPU
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=BETAS, fused=fused,
                              capturable=capturable)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params, clip_grad: float):
+    """The end of a step: unscale and clip the accumulated gradients to norm clip_grad (0: no
+    clipping), step, update the loss scale, clear the gradients."""
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def scaled_lr(blr: float, effective_batch: int) -> float:

@@ -24,21 +24,23 @@ def epoch_path(out: str, epoch: int) -> str:
     return os.path.join(out, f"checkpoint-{epoch}.pth")
 
 
-def save_checkpoint(path: str, model, optimizer, scaler, config: TrainConfig, order: TrainOrder, step: int):
+def save_checkpoint(path: str, model, optimizer, scaler, args: argparse.Namespace, order: TrainOrder, step: int,
+                    extra: Optional[dict] = None):
     """Write atomically: a kill midway leaves the previous file. `epoch` is, as in the official
     files, the last completed epoch (-1 before the first ends): the official resume restarts
     the epoch in progress, ours continues at `train_state['step']`. `args` is the config as an
     argparse.Namespace of plain values, the type of the official files' `args`, which the
     official loader and our read_file accept. Without fp16 loss scaling
     `scaler` is the state of a fresh scaler: the official resume loads it into an enabled one,
-    which refuses a disabled one's {}, and a disabled one (ours without fp16) ignores it."""
+    which refuses a disabled one's {}, and a disabled one (ours without fp16) ignores it.
+    `extra` (plain values) joins the train_state."""
     spe = order.steps_per_epoch
     if not scaler.is_enabled():
         scaler = torch.amp.GradScaler("cpu")  # "cpu": no CUDA needed; the state is plain numbers
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": step // spe - 1,
             "scaler": scaler.state_dict(),
-            "args": argparse.Namespace(**dataclasses.asdict(config)),
-            "train_state": {"step": step, "step_in_epoch": step % spe, **order.settings}}
+            "args": args,
+            "train_state": {"step": step, "step_in_epoch": step % spe, **order.settings, **(extra or {})}}
     with atomic_write(path) as f:
         torch.save(ckpt, f)
 
@@ -70,10 +72,15 @@ def restore(path: str, model, optimizer, scaler, order: TrainOrder) -> int:
     """Load a checkpoint of `mage-fast train` into the run; returns the step to continue at.
     The data order must be the one the checkpoint was made in (the world size may change if
     the global batch stays the same)."""
+    return restore_state(path, model, optimizer, scaler, order)["step"]
+
+
+def restore_state(path: str, model, optimizer, scaler, order: TrainOrder) -> dict:
+    """restore(), returning the checkpoint's whole train_state (the step and any `extra`)."""
     ckpt = read_file(path)
     state = ckpt.get("train_state") if isinstance(ckpt, dict) else None
     if state is None:
-        raise ValueError(f"{path} is not a checkpoint of `mage-fast train` (no train_state); "
+        raise ValueError(f"{path} is not a checkpoint of `mage-fast train` or `finetune` (no train_state); "
                          "to start from its weights, pass it as --ckpt with --resume none")
     diff = {k: (state.get(k), v) for k, v in order.settings.items() if state.get(k) != v}
     if diff:
@@ -90,4 +97,4 @@ def restore(path: str, model, optimizer, scaler, order: TrainOrder) -> int:
                          "earlier mage-fast. To start from its weights: --ckpt PATH --resume none") from None
     if ckpt["scaler"]:  # empty in files of earlier versions run without fp16: a fresh scale
         scaler.load_state_dict(ckpt["scaler"])  # ignored without fp16
-    return state["step"]
+    return state
