@@ -25,7 +25,7 @@ def run(args):
     print(f"torch        {info['torch']} (CUDA {info['torch_cuda'] or 'none'})")
     print(f"triton       {info['triton'] or 'not available'}")
     print(f"numpy        {info['numpy']}")
-    print(f"extension    " + ("not built" if not ext["built"] else
+    print("extension    " + ("not built" if not ext["built"] else
                             f"built: cpu={ext['cpu']} cuda={ext['cuda']} (against torch {ext.get('torch')})"))
     print(f"cuda device  {info['cuda_device'] or 'none'}")
     nvml = info["nvml"]

@@ -1,6 +1,5 @@
 """The settings of a fine-tuning run. The defaults are the official recipe for MAGE-B (the README's
 command with main_finetune.py's defaults); MAGE-L changes three of them (MODEL_DEFAULTS)."""
-import argparse
 import dataclasses
 import math
 from dataclasses import dataclass

@@ -6,7 +6,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
-import torch
 from tqdm import tqdm
 
 from .. import distributed

@@ -5,7 +5,6 @@ and ours) plus `train_state`, what an exact resume needs beyond it.
 No RNG state is saved: every draw of a step is a function of (seed, counters) (see batches.py),
 so the global step restores them all."""
 import argparse
-import dataclasses
 import os
 import shutil
 from typing import Optional
@@ -15,7 +14,6 @@ import torch
 from ..checkpoint import read_file
 from ..files import atomic_write
 from .batches import TrainOrder
-from .config import TrainConfig
 
 LAST = "checkpoint-last.pth"
 
