@@ -1,7 +1,9 @@
 """Training-step throughput (tokenizer, forward, backward, AdamW; batch 256 per GPU): the fast
 module under bf16 autocast, eager and captured in a CUDA graph, against the reference under the
 same autocast and the reference run the official way (fp16 autocast, materialised fp32
-attention scores). MFU from the FLOP count: 3x the transformer forward + the tokenizer.
+attention scores); the fast steps from cached token ids (`train --tokens`: no tokenizer)
+against the same steps from images; the tokenizer alone, as `mage-fast tokenize` runs it.
+MFU from the FLOP count: 3x the transformer forward (+ the tokenizer's forward from images).
 --workload finetune times the fine-tuning step instead (the classifier over all 257 tokens,
 AdamW with layer-wise lr decay), the fast classifier against the official way.
 
@@ -10,7 +12,7 @@ AdamW with layer-wise lr decay), the fast classifier against the official way.
 import torch
 
 from common import device_record, finish, roofline_peak, setup
-from mage_fast.bench.workloads import COLUMNS, as_rows, finetune_workloads, train_workloads
+from mage_fast.bench.workloads import COLUMNS, as_rows, finetune_workloads, tokenize_workload, train_workloads
 from mage_fast.configs import CONFIGS
 
 
@@ -25,8 +27,11 @@ def main():
     model, batch = ("mage_vit_tiny_test", 1) if args.smoke else (args.model, args.batch)
     record = device_record()
     peak = roofline_peak(record, "bf16_tflops")
-    workloads = train_workloads if args.workload == "train" else finetune_workloads
-    results = workloads(model, batch, device, warmup=2, repeats=args.repeats)
+    if args.workload == "train":
+        results = train_workloads(model, batch, device, warmup=2, repeats=args.repeats)
+        results.append(tokenize_workload(model, batch, device, warmup=2, repeats=args.repeats))
+    else:
+        results = finetune_workloads(model, batch, device, warmup=2, repeats=args.repeats)
     finish(f"{args.workload}-{model}", as_rows(results, peak), COLUMNS, args, record)
 
 

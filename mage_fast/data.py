@@ -6,6 +6,7 @@ code uses), and the training transform draws its random numbers from torch in to
 order, so a seeded run crops the same boxes torchvision would.
 """
 import copy
+import hashlib
 import math
 import os
 from typing import List, Optional, Tuple
@@ -24,6 +25,11 @@ def shard(n: int, rank: int, world_size: int) -> range:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
     return range(rank, n, world_size)
+
+
+def files_sha1(files: List[str]) -> str:
+    """A fingerprint of a file list (names and order), e.g. ImageFolder.files."""
+    return hashlib.sha1("\n".join(files).encode()).hexdigest()
 
 
 def _is_image(name: str) -> bool:

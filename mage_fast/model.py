@@ -25,7 +25,7 @@ from .ops.token_drop import embed_and_drop, mask_sets, restore
 from .ops.vq import vq_nearest
 from .reference import model as reference
 from .reference.layers import Attention
-from .validation import check_images, check_noise, values_checkable
+from .validation import check_noise, values_checkable
 
 
 class FastAttention(Attention):
@@ -59,14 +59,18 @@ class MAGE(reference.MAGE):
         """ceil(256 * ratio) on the device, within [num_dropped, 256]."""
         return torch.ceil(NUM_TOKENS * ratio.double()).clamp(num_dropped, NUM_TOKENS).long()
 
-    def forward(self, images: torch.Tensor, mask_ratio=None, noise=None) -> torch.Tensor:
-        """Training loss, as the reference. Given mask_ratio (float) and noise ([B, 256] in
-        [0, 1), no ties) it equals the official forward; otherwise both are drawn on the device
-        (noise ties, vanishingly rare, go to the lower position instead of a redraw). A
+    # Value checks (range, NaN) cost a host sync on a GPU: only on CPU in eager mode.
+    _checks_values = staticmethod(values_checkable)
+
+    def forward(self, images: Optional[torch.Tensor] = None, mask_ratio=None, noise=None, *,
+                tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Training loss on images, or on their codebook ids given as `tokens` (any integer
+        dtype; no tokenizer runs), as the reference. Given mask_ratio (float) and noise ([B,
+        256] in [0, 1), no ties) it equals the official forward; otherwise both are drawn on the
+        device (noise ties, vanishingly rare, go to the lower position instead of a redraw). A
         mask_ratio given as a 0-d tensor stays on the device: no shape depends on its value, so
         torch.compile and CUDA graphs take every ratio without recompiling."""
-        check_images(images, values=values_checkable(images))
-        gt = self._tokenize(images)
+        gt = self._training_ids(images, tokens)
         batch, device = gt.shape[0], gt.device
         on_device = isinstance(mask_ratio, torch.Tensor)
         if mask_ratio is not None and (not on_device or values_checkable(mask_ratio)) \

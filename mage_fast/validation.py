@@ -113,13 +113,16 @@ def check_images(images, values: bool = True):
         raise ValueError("images must lie in [0, 1] (no mean/std normalisation), and contain no NaN")
 
 
-def check_ids(ids, allow_mask: bool):
-    """Token ids [B, 256]: codebook ids in [0, 1024), plus MASK_ID (2024) where allowed."""
+def check_ids(ids, allow_mask: bool, values: bool = True):
+    """Token ids [B, 256]: codebook ids in [0, 1024), plus MASK_ID (2024) where allowed.
+    values=False skips the range check, whose host sync a GPU training step avoids."""
     what = f"codebook ids in [0, {CODEBOOK_SIZE})" + (f" or the mask id {MASK_ID}" if allow_mask else "")
     if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise ValueError(f"ids must be an integer tensor [B, {NUM_TOKENS}] of {what}, got {describe(ids)}")
     if ids.dim() != 2 or ids.shape[1] != NUM_TOKENS or ids.shape[0] == 0:
         raise ValueError(f"ids must have shape [B, {NUM_TOKENS}] with B >= 1, got {list(ids.shape)}")
+    if not values:
+        return
     valid = (ids >= 0) & (ids < CODEBOOK_SIZE)
     if allow_mask:
         valid |= ids == MASK_ID

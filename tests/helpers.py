@@ -27,6 +27,19 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=_refuse)
 
 
+def crashing_after(fn, calls: int):
+    """fn, but raising RuntimeError("crash") from its call number calls + 1 on: a run killed
+    midway, for resume tests."""
+    made = []
+
+    def crashing(*args, **kwargs):
+        made.append(None)
+        if len(made) > calls:
+            raise RuntimeError("crash")
+        return fn(*args, **kwargs)
+    return crashing
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64; NaN anywhere gives inf (never passes)."""
     out, ref = out.double(), ref.double()

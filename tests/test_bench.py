@@ -6,10 +6,11 @@ import sys
 import pytest
 import torch
 
-from mage_fast.bench import measure
+from mage_fast.bench import flops, measure
 from mage_fast.bench.report import collect, describe, speedup_bars, table
 from mage_fast.bench.workloads import Result, _largest_batch_that_fits, sample_workloads
 from mage_fast.cli import main
+from mage_fast.configs import CONFIGS
 from mage_fast.roofline import roofline_for
 from mage_fast.telemetry import nvml_snapshot
 
@@ -27,9 +28,13 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
     assert record["model"] == "mage_vit_tiny_test" and record["roofline"] is None
     assert list(record["sections"])[0] == "workloads-mage_vit_tiny_test"
     rows = record["sections"]["workloads-mage_vit_tiny_test"]
-    assert {(r["workload"], r["implementation"]) for r in rows} == {
-        ("train", "reference fp32"), ("train", "fast fp32"), ("finetune", "reference fp32"), ("finetune", "fast fp32"),
-        ("sample T=12", "reference fp32 (official)"), ("sample T=12", "fast sampler fp32")}
+    assert [(r["workload"], r["implementation"]) for r in rows] == [
+        ("train from images", "reference fp32"), ("train from images", "fast fp32"), ("train from tokens", "fast fp32"),
+        ("tokenize", "fast fp32"), ("finetune", "reference fp32"), ("finetune", "fast fp32"),
+        ("sample T=12", "reference fp32 (official)"), ("sample T=12", "fast sampler fp32")]
+    assert rows[2]["baseline"] == "train from images: fast fp32"   # the same module, batch and precision
+    assert rows[2]["speedup"] == rows[2]["images_per_s"] / rows[1]["images_per_s"]
+    assert rows[2]["flops_per_image"] < rows[1]["flops_per_image"] and rows[3]["speedup"] == 1.0
     for r in rows:
         assert r["median_ms"] > 0 and r["images_per_s"] > 0 and r["tflops"] > 0 and r["speedup"] > 0
         assert math.isclose(r["images_per_s"], r["batch"] / (r["median_ms"] / 1e3))
@@ -61,14 +66,19 @@ def test_training_cases_rotate_their_inputs(monkeypatch):
     seen = []
     real_step = workloads._train_step
 
-    def recording_step(model, dtype, capturable=False):
-        step = real_step(model, dtype, capturable)
-        return lambda images, mask_ratio=None: (seen.append((images.data_ptr(), mask_ratio)), step(images, mask_ratio))[1]
+    def recording_step(model, dtype, capturable=False, input="images"):
+        step = real_step(model, dtype, capturable, input)
+        return lambda batch, mask_ratio=None: (seen.append((input, batch.dtype, batch.data_ptr(), mask_ratio)),
+                                               step(batch, mask_ratio))[1]
     monkeypatch.setattr(workloads, "_train_step", recording_step)
-    workloads.train_workloads("mage_vit_tiny_test", 1, torch.device("cpu"), warmup=0, repeats=workloads.ROTATE + 1)
-    fast = seen[len(seen) // 2:]                                 # the reference's steps, then the fast module's
-    assert len({ptr for ptr, _ in fast[:-1]}) == workloads.ROTATE and fast[-1][0] == fast[0][0]
-    assert len({ratio for _, ratio in fast}) == len(fast) and all(0.5 <= r <= 1 for _, r in fast)
+    steps = workloads.ROTATE + 1
+    workloads.train_workloads("mage_vit_tiny_test", 1, torch.device("cpu"), warmup=0, repeats=steps)
+    # The reference's steps from images, then the fast module's, then the fast module's from ids.
+    kinds = [(i, d) for i, d, _, _ in seen]
+    assert kinds == [("images", torch.float32)] * 2 * steps + [("tokens", torch.int16)] * steps
+    for case in (seen[steps:2 * steps], seen[2 * steps:]):
+        assert len({ptr for _, _, ptr, _ in case[:-1]}) == workloads.ROTATE and case[-1][2] == case[0][2]
+        assert len({ratio for *_, ratio in case}) == len(case) and all(0.5 <= r <= 1 for *_, r in case)
 
 
 def test_finetune_cases_train_the_classifier_on_rotating_inputs(monkeypatch):
@@ -109,6 +119,14 @@ def test_bench_refuses_bad_numbers_before_it_starts(flag, capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", flag])
     assert e.value.code == 2 and flag.split("=")[0] in capsys.readouterr().err
+
+
+def test_training_from_tokens_drops_the_tokenizers_flops():
+    """The tokenizer is 44% of a MAGE-B training step's FLOPs (129 of 291 GFLOP per image)."""
+    cfg = CONFIGS["mage_vit_base_patch16"]
+    tokenizer = flops.tokenizer_flops(cfg)
+    assert flops.train_flops_per_image(cfg) - flops.train_flops_per_image(cfg, tokenizer=False) == tokenizer
+    assert round(tokenizer / 1e9) == 129 and round(tokenizer / flops.train_flops_per_image(cfg), 2) == 0.44
 
 
 def test_throughput_and_mfu_arithmetic():

@@ -62,6 +62,23 @@ def test_loss_and_every_gradient_match_the_reference(pair, images, ratio):
         assert rel_err(p.grad, q.grad) < 1e-4, name
 
 
+def test_ids_entry_is_the_images_entry_without_the_tokenizer(pair, images):
+    """ours(tokens=ours.tokenize(images)) is ours(images), loss and every gradient (the same
+    ids, then the same computation; the reference's: test_reference_api); int16 ids, as
+    `train --tokens` feeds them, are taken."""
+    ours, _ = pair
+    noise = torch.rand(2, 256, generator=torch.Generator().manual_seed(3))
+    runs = []
+    for batch in ({"images": images}, {"tokens": ours.tokenize(images).to(torch.int16)}):
+        ours.zero_grad(set_to_none=True)
+        loss = ours(**batch, mask_ratio=0.6, noise=noise)
+        loss.backward()
+        runs.append((loss, {n: p.grad for n, p in ours.named_parameters() if p.grad is not None}))
+    (loss, grads), (tokens_loss, tokens_grads) = runs
+    assert torch.equal(loss, tokens_loss) and grads.keys() == tokens_grads.keys() and len(grads) > 10
+    assert all(torch.equal(g, tokens_grads[n]) for n, g in grads.items())
+
+
 def test_device_mask_count_equals_host_count(pair, images):
     """With num_masked as a device tensor all 256 rows go through the head, weighted 0/1; the
     loss and gradients equal the host-count path that gathers only the masked rows."""
@@ -227,16 +244,19 @@ def test_fp32_and_bf16_match_the_reference(size, device):
 
 
 @pytest.mark.gpu
-def test_training_step_has_no_host_sync_and_captures_in_a_graph():
+@pytest.mark.parametrize("input", ["images", "tokens"])
+def test_training_step_has_no_host_sync_and_captures_in_a_graph(input):
+    """From images, and from int16 ids as `train --tokens` feeds them."""
     torch.manual_seed(0)
     model = fast.mage_vit_base_patch16().cuda().train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, capturable=True)
-    images = torch.rand(16, 3, 256, 256, device="cuda")
+    batch = {"images": torch.rand(16, 3, 256, 256, device="cuda")} if input == "images" else \
+        {"tokens": torch.randint(0, 1024, (16, 256), dtype=torch.int16, device="cuda")}
 
     def step():
         opt.zero_grad(set_to_none=False)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(images)
+            loss = model(**batch)
         loss.backward()
         opt.step()
         return loss

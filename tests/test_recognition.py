@@ -17,7 +17,7 @@ from mage_fast.recognition import (LARS, FeatureSet, build_encoder, extract_feat
                                    linear_probe, load_features, lr_at, save_features)
 from mage_fast.recognition.linprobe import probe_schedule
 from mage_fast import mage_vit_tiny_test
-from helpers import env_without_interpreter, strict_json
+from helpers import crashing_after, env_without_interpreter, strict_json
 
 COLOURS = {"blue": (40, 40, 200), "green": (40, 200, 40), "red": (200, 40, 40)}
 PER_CLASS, CHUNK = 6, 4
@@ -192,15 +192,8 @@ def test_features_reuse_finished_chunks_after_a_crash(folder, tmp_path, monkeypa
     part = ImageFolder(str(folder), EvalTransform(resize=292)).shard(0, 6)
     model = build_encoder("mage_vit_tiny_test")
     out, chunk0 = tmp_path / "f.npz", tmp_path / "f.npz.partial" / "chunk_000000.npy"
-    real, calls = model.features, []
-
-    def crash_in_second_chunk(images, pool):
-        calls.append(len(images))
-        if len(calls) > 1:
-            raise RuntimeError("crash")
-        return real(images, pool)
-
-    monkeypatch.setattr(model, "features", crash_in_second_chunk)
+    real = model.features
+    monkeypatch.setattr(model, "features", crashing_after(real, 1))   # in the second chunk
     with pytest.raises(RuntimeError, match="crash"):
         extract_features(model, part, str(out), batch_size=2, chunk_size=2)
     monkeypatch.undo()

@@ -83,3 +83,25 @@ def test_base_config_builds_and_runs_one_logits_call():
     with torch.no_grad():
         logits = model.logits(ids)
     assert logits.shape == (1, 256, 1024) and torch.isfinite(logits).all()
+
+
+def test_training_forward_takes_images_or_their_ids(tiny, images):
+    noise = torch.rand(2, 256, generator=torch.Generator().manual_seed(2))
+    ids = tiny.tokenize(images)
+    assert torch.equal(tiny(images, 0.7, noise), tiny(tokens=ids, mask_ratio=0.7, noise=noise))
+    assert torch.equal(tiny(tokens=ids.to(torch.int16), mask_ratio=0.7, noise=noise), tiny(images, 0.7, noise))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({}, "exactly one"),
+    ({"images": "both"}, "exactly one"),
+    ({"tokens": torch.full((1, 256), 1024)}, "codebook ids"),
+    ({"tokens": torch.full((1, 256), MASK_ID)}, "codebook ids"),
+    ({"tokens": torch.zeros(1, 255, dtype=torch.long)}, "shape"),
+    ({"tokens": torch.zeros(1, 256)}, "integer"),
+])
+def test_training_forward_rejects(tiny, images, kwargs, match):
+    if kwargs.get("images") == "both":
+        kwargs = {"images": images, "tokens": tiny.tokenize(images)}
+    with pytest.raises(ValueError, match=match):
+        tiny(**kwargs, mask_ratio=0.7)

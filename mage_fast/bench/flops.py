@@ -35,10 +35,10 @@ def detokenizer_flops(cfg: MAGEConfig) -> float:
     return conv_flops(lambda: Decoder(cfg.vqgan), (1, cfg.vqgan.z_channels, 16, 16))
 
 
-def train_flops_per_image(cfg: MAGEConfig) -> float:
+def train_flops_per_image(cfg: MAGEConfig, tokenizer: bool = True) -> float:
     """fwd + bwd (3x the forward) of the transformer, the encoder on the 129 kept tokens, plus
-    the frozen tokenizer's forward."""
-    return 3 * flops_per_image(cfg, SEQ_LEN - NUM_TOKENS // 2) + tokenizer_flops(cfg)
+    the frozen tokenizer's forward (tokenizer=False: training from cached ids, none)."""
+    return 3 * flops_per_image(cfg, SEQ_LEN - NUM_TOKENS // 2) + (tokenizer_flops(cfg) if tokenizer else 0.0)
 
 
 def sample_flops_per_image(cfg: MAGEConfig, num_iter: int) -> float:

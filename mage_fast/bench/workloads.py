@@ -1,6 +1,6 @@
 """The whole-model workloads `mage-fast bench` times side by side in one run: a training step
-(tokenizer, forward, backward, AdamW), a fine-tuning step and image generation (T steps and the
-VQGAN decode)."""
+from images (tokenizer, forward, backward, AdamW) and from cached token ids (no tokenizer), the
+tokenizer alone, a fine-tuning step and image generation (T steps and the VQGAN decode)."""
 import gc
 import itertools
 import logging
@@ -18,7 +18,7 @@ from ..recognition.classifier import UNUSED as CLASSIFIER_UNUSED, build_classifi
 from ..training.optim import build_optimizer, freeze_unused
 from ..validation import PRECISIONS, default_precision, precision_name
 from .baselines import official_generate
-from .flops import finetune_flops_per_image, sample_flops_per_image, train_flops_per_image
+from .flops import finetune_flops_per_image, sample_flops_per_image, tokenizer_flops, train_flops_per_image
 from .measure import time_ms
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class Result:
     flops_per_image: float = 0.0
     peak_memory_gib: Optional[float] = None        # reserved by the allocator for the whole case, graph pools included
     baseline: Optional[str] = None                  # the implementation its speed-up is taken over
+    baseline_workload: Optional[str] = None         # the baseline's workload, if not this one
 
     @property
     def median_ms(self):
@@ -56,26 +57,28 @@ class Result:
         return self.tflops / peak_tflops if peak_tflops else None
 
     def as_dict(self, peak_tflops=None, baseline_images_per_s=None):
+        baseline = f"{self.baseline_workload}: {self.baseline}" if self.baseline_workload else self.baseline
         return {"workload": self.workload, "implementation": self.implementation, "batch": self.batch,
                 "median_ms": self.median_ms, "ms": self.ms, "images_per_s": self.images_per_s,
                 "tflops": self.tflops, "mfu": self.mfu(peak_tflops), "flops_per_image": self.flops_per_image,
-                "peak_memory_gib": self.peak_memory_gib, "baseline": self.baseline,
+                "peak_memory_gib": self.peak_memory_gib, "baseline": baseline,
                 "speedup": self.images_per_s / baseline_images_per_s if baseline_images_per_s else None}
 
 
 def as_rows(results: List[Result], peak_tflops: Optional[float]) -> List[dict]:
-    """The table rows of results, each speed-up taken over its baseline's images/s in the same
-    workload."""
+    """The table rows of results, each speed-up taken over its baseline's images/s (in its
+    baseline_workload, by default its own)."""
     speed = {(r.workload, r.implementation): r.images_per_s for r in results}
-    return [r.as_dict(peak_tflops, speed.get((r.workload, r.baseline))) for r in results]
+    return [r.as_dict(peak_tflops, speed.get((r.baseline_workload or r.workload, r.baseline))) for r in results]
 
 
-def _measure(workload, impl, batch, fn, flops_per_image, device, warmup, repeats, baseline=None) -> Result:
+def _measure(workload, impl, batch, fn, flops_per_image, device, warmup, repeats, baseline=None,
+             baseline_workload=None) -> Result:
     """Times fn; the peak memory is the allocator's reserved peak since the case began
     (_fresh), so a CUDA graph's pool, captured before timing, counts like eager activations."""
     ms = time_ms(fn, device, warmup, repeats)
     peak = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None
-    return Result(workload, impl, batch, ms, flops_per_image, peak, baseline)
+    return Result(workload, impl, batch, ms, flops_per_image, peak, baseline, baseline_workload)
 
 
 def _release():
@@ -92,18 +95,19 @@ def _fresh(device):
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _train_step(model, dtype, capturable=False):
+def _train_step(model, dtype, capturable=False, input="images"):
     """One optimizer step of the official recipe (AdamW 0.9/0.95, wd 0.05 off 1-D and biases,
-    clipping at 3.0); fp16 with a loss scaler as the official code runs it."""
+    clipping at 3.0); fp16 with a loss scaler as the official code runs it. The step takes
+    its batch as the forward's `input`: images, or tokens (ids)."""
     freeze_unused(model)
     opt = build_optimizer(model, 1e-4, 0.05, capturable)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     device = model.mlm_layer.bias.device
 
-    def step(images, mask_ratio=None):
+    def step(batch, mask_ratio=None):
         opt.zero_grad(set_to_none=not capturable)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model(images, mask_ratio)
+            loss = model(**{input: batch}, mask_ratio=mask_ratio)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
@@ -113,43 +117,81 @@ def _train_step(model, dtype, capturable=False):
     return step
 
 
+FROM_IMAGES, FROM_TOKENS = "train from images", "train from tokens"
+
+
 def train_workloads(model_name: str, batch: int, device: torch.device, warmup: int, repeats: int,
                     dtype: torch.dtype = None) -> List[Result]:
-    """The training step of the reference and of the fast module under `dtype` autocast (default:
-    bf16 on CUDA, fp32 on CPU) and, on CUDA, of the reference the official way (fp16 autocast,
-    fp32 attention scores) and the fast step captured in a CUDA graph."""
+    """The training step from images of the reference and of the fast module under `dtype`
+    autocast (default: bf16 on CUDA, fp32 on CPU) and, on CUDA, of the reference the official
+    way (fp16 autocast, fp32 attention scores) and the fast step captured in a CUDA graph; then
+    the fast steps from token ids (`train --tokens`: int16 ids, no tokenizer), each's speed-up
+    over the same step from images."""
     dtype = dtype or PRECISIONS[default_precision(device.type)]
-    flops = train_flops_per_image(CONFIGS[model_name])
+    cfg = CONFIGS[model_name]
     images = [torch.rand(batch, 3, 256, 256, device=device) for _ in range(ROTATE)]
+    ids = [torch.randint(0, cfg.vqgan.codebook_size, (batch, 256), dtype=torch.int16, device=device)
+           for _ in range(ROTATE)]
     name = precision_name(dtype)
     baseline = f"reference {name}"
     cases = [(baseline, "reference", dtype, False), (f"fast {name}", "fast", dtype, False)]
     if device.type == "cuda":
         cases = [("reference fp16 (official)", "reference", torch.float16, False)] + cases + \
                 [(f"fast {name} + CUDA graph", "fast", dtype, True)]
+    runs = [(FROM_IMAGES, "images", images, train_flops_per_image(cfg), case, baseline, None) for case in cases]
+    runs += [(FROM_TOKENS, "tokens", ids, train_flops_per_image(cfg, tokenizer=False), case, case[0], FROM_IMAGES)
+             for case in cases if case[1] == "fast"]
     results = []
-    for label, impl, case_dtype, graph in cases:
+    for workload, input, inputs, flops, (label, impl, case_dtype, graph), base, base_workload in runs:
         results.append(_largest_batch_that_fits(label, batch, device, lambda b: _train_case(
-            label, model_name, impl, case_dtype, graph, [x[:b] for x in images], flops, device, warmup, repeats, baseline)))
+            workload, label, model_name, impl, case_dtype, graph, input, [x[:b] for x in inputs], flops, device,
+            warmup, repeats, base, base_workload)))
     _release()
     return results
 
 
-def _train_case(label, model_name, impl, dtype, graph, images, flops, device, warmup, repeats, baseline):
+def _train_case(workload, label, model_name, impl, dtype, graph, input, inputs, flops, device, warmup, repeats,
+                baseline, baseline_workload):
     """Each call trains on the next of the rotating batches. Eager steps draw the mask ratio
     on the host, as the official code and `mage-fast train` do (the head then runs on the
     masked rows only); a graph replays one shape, so its ratio is drawn on the device."""
     model = build_model(model_name, impl).to(device).train()
-    step = _train_step(model, dtype, capturable=graph)
-    batches = itertools.cycle(images)
+    step = _train_step(model, dtype, capturable=graph, input=input)
+    batches = itertools.cycle(inputs)
     if graph:
-        static = images[0].clone()
+        static = inputs[0].clone()
         replay = capture(lambda: step(static))[0].replay
         fn = lambda: (static.copy_(next(batches)), replay())  # noqa: E731
     else:
         ratios = torch.Generator().manual_seed(0)
         fn = lambda: step(next(batches), model.sample_mask_ratio(ratios))  # noqa: E731
-    return _measure("train", label, len(images[0]), fn, flops, device, warmup, repeats, baseline)
+    return _measure(workload, label, len(inputs[0]), fn, flops, device, warmup, repeats, baseline, baseline_workload)
+
+
+def tokenize_workload(model_name: str, batch: int, device: torch.device, warmup: int, repeats: int,
+                      dtype: torch.dtype = None) -> Result:
+    """The tokenizer as `mage-fast tokenize` runs it (tokenize_crops: the whole batch on a GPU,
+    one crop at a time on CPU) under `dtype` autocast; its MFU is the fraction of the device's
+    bf16 roofline that the VQGAN encoder's FLOPs reach. The crops are ready on the device:
+    decoding images is not timed."""
+    from ..training.tokenize import tokenize_crops
+    dtype = dtype or PRECISIONS[default_precision(device.type)]
+    label = f"fast {precision_name(dtype)}"
+    model = build_model(model_name, "fast").eval()
+    model.vqgan.to(device)  # all that tokenizing runs
+
+    def case(b):
+        crops = itertools.cycle([torch.rand(b, 3, 256, 256, device=device) for _ in range(ROTATE)])
+
+        def fn():
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                return tokenize_crops(model, next(crops))
+        return _measure("tokenize", label, b, fn, tokenizer_flops(CONFIGS[model_name]), device, warmup, repeats,
+                        baseline=label)
+    result = _largest_batch_that_fits(label, batch, device, case)
+    del model
+    _release()
+    return result
 
 
 def _largest_batch_that_fits(label, batch, device, run):

@@ -2,9 +2,9 @@
 import argparse
 import logging
 
-from . import bench, edit, evaluate, features, fewshot, fid, finetune, info, linprobe, sample, train
+from . import bench, edit, evaluate, features, fewshot, fid, finetune, info, linprobe, sample, tokenize, train
 
-SUBCOMMANDS = (info, bench, sample, edit, fid, features, linprobe, fewshot, train, finetune, evaluate)
+SUBCOMMANDS = (info, bench, sample, edit, fid, features, linprobe, fewshot, tokenize, train, finetune, evaluate)
 
 
 def main(argv=None):

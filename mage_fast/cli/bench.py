@@ -2,9 +2,12 @@
 fast module timed side by side with the reference in one run, plus the per-kernel benchmarks.
 
 For each workload: images/s, ms per step, TFLOP/s, MFU against the device's bf16 peak, peak
-memory and the speed-up over its baseline (training: the reference under the same autocast;
-fine-tuning and sampling: the reference run as the official scripts run it). Device telemetry (NVML: name,
-driver, clocks, power, temperature) is recorded before and after. On CUDA the model is MAGE-B;
+memory and the speed-up over its baseline (training from images: the reference under the same
+autocast; training from cached token ids: the same module's step from images; fine-tuning and
+sampling: the reference run as the official scripts run it). The tokenizer alone, as
+`mage-fast tokenize` runs it, gets a row too (its MFU: the fraction of the roofline its FLOPs
+reach). Device telemetry (NVML: name, driver, clocks, power, temperature) is recorded before
+and after. On CUDA the model is MAGE-B;
 on CPU the tiny test configuration, whose numbers only show that everything runs.
 """
 import os
@@ -65,7 +68,8 @@ def run_kernel_scripts(out_dir, smoke):
 def run(args):
     from ..bench.measure import device_record, roofline_peak
     from ..bench.report import collect, describe, describe_nvml, stem, table, write
-    from ..bench.workloads import COLUMNS, as_rows, finetune_workloads, sample_workloads, train_workloads
+    from ..bench.workloads import (COLUMNS, as_rows, finetune_workloads, sample_workloads, tokenize_workload,
+                                   train_workloads)
     from ..telemetry import nvml_snapshot
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
@@ -78,11 +82,12 @@ def run(args):
     print(describe(record))
     peak = roofline_peak(record, "bf16_tflops") if cuda else None
     results = []
+    batch = args.batch or (256 if cuda else 2)
     if args.what in ("train", "all"):
-        results += train_workloads(model, args.batch or (256 if cuda else 2), device, args.warmup, args.repeats, dtype)
+        results += train_workloads(model, batch, device, args.warmup, args.repeats, dtype)
+        results.append(tokenize_workload(model, batch, device, args.warmup, args.repeats, dtype))
     if args.what in ("finetune", "all"):
-        results += finetune_workloads(model, args.batch or (256 if cuda else 2), device, args.warmup, args.repeats,
-                                      dtype)
+        results += finetune_workloads(model, batch, device, args.warmup, args.repeats, dtype)
     if args.what in ("sample", "all"):
         results += sample_workloads(model, args.sample_batch, args.num_iter, device, args.warmup, args.repeats,
                                     dtype=dtype)

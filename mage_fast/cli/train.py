@@ -1,7 +1,9 @@
-"""`mage-fast train`: pretrain MAGE on an image folder with the official recipe (LTH14/mage):
-AdamW (0.9, 0.95), weight decay 0.05 (none on biases and 1-D parameters), lr = blr * effective
-batch / 256 with a linear warm-up then a half-cycle cosine per iteration, gradient clipping,
-mixed precision, RandomResizedCrop(256, 0.2-1) + flip. The tokenizer stays frozen.
+"""`mage-fast train`: pretrain MAGE with the official recipe (LTH14/mage) on an image folder
+(--data) or on a token cache of one (--tokens, made by `mage-fast tokenize`): AdamW (0.9,
+0.95), weight decay 0.05 (none on biases and 1-D parameters), lr = blr * effective batch / 256
+with a linear warm-up then a half-cycle cosine per iteration, gradient clipping, mixed
+precision, RandomResizedCrop(256, 0.2-1) + flip (from a cache: each epoch, one of the K crops
+it holds per image). The tokenizer stays frozen.
 
 OUT/checkpoint-last.pth is rewritten atomically every --save-every steps, at each epoch end
 and at the stop; OUT/checkpoint-<epoch>.pth is kept every --keep-every epochs. Both are in the
@@ -17,12 +19,18 @@ from .common import add_model_args, add_setting, config_from_args
 
 
 def register(sub):
-    p = sub.add_parser("train", help="pretrain MAGE on an image folder (official recipe; resumable; torchrun)",
+    p = sub.add_parser("train", help="pretrain MAGE on an image folder or a token cache (official recipe; "
+                                     "resumable; torchrun)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def setting(name, help, **kwargs):
         add_setting(p, TrainConfig, name, help, **kwargs)
-    setting("data", "image folder: class subfolders or images directly inside (labels are not used)", metavar="DIR")
+    data = p.add_mutually_exclusive_group(required=True)
+    add_setting(data, TrainConfig, "data", "image folder: class subfolders or images directly inside (labels are not "
+                "used)", metavar="DIR")
+    add_setting(data, TrainConfig, "tokens", "token cache of `mage-fast tokenize`: each step reads the ids of one of "
+                "its K views per image and runs no tokenizer. Its tokenizer weights must be this run's (--ckpt, "
+                "--vqgan-ckpt or the resumed checkpoint)", metavar="CACHE")
     setting("out", "checkpoints and log.jsonl go here", metavar="DIR")
     add_model_args(p)
     setting("dropout", "dropout probability (default: the official %(default)s)")
@@ -37,7 +45,8 @@ def register(sub):
     setting("clip_grad", "gradient-norm clipping, 0 for none (default: %(default)s)")
     setting("precision", "autocast dtype; fp16 adds loss scaling (default: bf16 on CUDA, fp32 on CPU)")
     setting("seed", "seeds the initial weights, data order, crops, masks and dropout (default: %(default)s)")
-    setting("workers", "image-decoding processes per GPU (default: 10 on CUDA, 0 on CPU)")
+    setting("workers", "data-loading processes per GPU (default on CUDA: 10 for images, 4 for a token cache; "
+                       "0 on CPU)")
     setting("resume", "auto: continue from OUT/checkpoint-last.pth if there is one (default); "
                       "PATH: from that checkpoint of mage-fast train; none: start over", metavar="auto|PATH|none")
     setting("save_every", "also write checkpoint-last.pth every N steps, 0 for epoch ends only (default: %(default)s)")

@@ -1,7 +1,6 @@
 """Top-1 / top-5 accuracy of a classifier on an image folder with the official evaluation
 transform (shorter side resized to 292 bicubic, center crop 256): each epoch of fine-tuning, and
 for a fine-tuned checkpoint (`mage-fast evaluate`), resumable like feature extraction."""
-import json
 import os
 import shutil
 from typing import Optional
@@ -11,7 +10,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..data import EvalTransform, ImageFolder
-from ..files import atomic_write
+from ..files import write_json
 from ..recognition.classifier import MAGEClassifier, build_classifier
 from ..recognition.extract import map_chunks
 from ..recognition.linprobe import topk_hits
@@ -93,8 +92,7 @@ def evaluate_checkpoint(ckpt: str, data: str, out: str, batch_size: int = 64, ch
               "top5": 100.0 * topk_hits(top, labels, TOP_K).item() / len(labels),
               "images": len(labels), "classes": len(dataset.classes), "model": spec.model,
               "global_pool": spec.global_pool, "ckpt": meta["ckpt"], "data": os.path.abspath(data)}
-    with atomic_write(out) as f:
-        f.write(json.dumps(result, indent=1).encode())
+    write_json(out, result, indent=1)
     shutil.rmtree(out + ".partial")
     return result
 

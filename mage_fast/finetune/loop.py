@@ -2,7 +2,6 @@
 torchrun with DDP: `finetune(cfg, ctx)` with a FinetuneConfig and a mage_fast.distributed.Dist."""
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 
@@ -10,6 +9,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import ImageFolder
+from ..files import append_json_line
 from ..settings import as_namespace
 from ..recognition.classifier import UNUSED, build_classifier
 from ..training.batches import TrainOrder, seed_dropout
@@ -58,8 +58,7 @@ def _resume_file(cfg: FinetuneConfig, ctx):
 
 
 def _log(progress: Progress, record: dict):
-    with open(progress.log_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_json_line(progress.log_path, record)
 
 
 def finetune(cfg: FinetuneConfig, ctx) -> dict:
@@ -154,10 +153,10 @@ def finetune(cfg: FinetuneConfig, ctx) -> dict:
                 if epoch_end and improved:
                     # best first: a kill between the two leaves a last checkpoint from before this
                     # epoch, whose resume evaluates the epoch again and rewrites both.
-                    save_checkpoint(os.path.join(cfg.out, BEST), model, optimizer, scaler, args, order, step, extra)
+                    save_checkpoint(os.path.join(cfg.out, BEST), model, optimizer, scaler, args, order, step, extra=extra)
                     keep_copy(os.path.join(cfg.out, BEST), last)
                 else:
-                    save_checkpoint(last, model, optimizer, scaler, args, order, step, extra)
+                    save_checkpoint(last, model, optimizer, scaler, args, order, step, extra=extra)
     finally:
         progress.close()
     ctx.barrier()

@@ -232,11 +232,30 @@ class MAGE(nn.Module):
             except ValueError:
                 continue
 
-    def forward(self, images: torch.Tensor, mask_ratio: Optional[float] = None,
-                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Training loss. Given mask_ratio and noise ([B, 256] in [0, 1)) this is the official
-        forward exactly; otherwise both are drawn as the official code draws them."""
-        gt = self.tokenize(images)
+    @staticmethod
+    def _checks_values(t: torch.Tensor) -> bool:
+        """Whether the training forward checks the values of an input (range, NaN): always here."""
+        return True
+
+    def _training_ids(self, images: Optional[torch.Tensor], tokens: Optional[torch.Tensor]) -> torch.Tensor:
+        """The int64 ids [B, 256] a training forward learns from: `images` tokenized, or
+        `tokens`, codebook ids computed beforehand (a token cache), as given. Exactly one."""
+        if (images is None) == (tokens is None):
+            raise ValueError("the training forward takes images or tokens (codebook ids [B, 256]): exactly one of them")
+        if tokens is not None:
+            check_ids(tokens, allow_mask=False, values=self._checks_values(tokens))
+            return tokens.long()
+        check_images(images, values=self._checks_values(images))
+        with torch.no_grad():  # the tokenizer is frozen and its ids have no gradient
+            return self._tokenize(images)
+
+    def forward(self, images: Optional[torch.Tensor] = None, mask_ratio: Optional[float] = None,
+                noise: Optional[torch.Tensor] = None, *, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Training loss on images, or on their codebook ids given as `tokens` (then no
+        tokenizer runs; tokens=model.tokenize(images) gives the loss of images). Given
+        mask_ratio and noise ([B, 256] in [0, 1)) this is the official forward exactly;
+        otherwise both are drawn as the official code draws them."""
+        gt = self._training_ids(images, tokens)
         if mask_ratio is None:
             mask_ratio = self.sample_mask_ratio()
         if not self.mask_ratio_min <= mask_ratio <= 1.0:

@@ -1,7 +1,8 @@
 """What each training step sees, as pure functions of the run's seed and of counters.
 
 No random draw of a step comes from a process's RNG state: each is seeded by (seed, stream,
-counters): the data order by the epoch, an image's crop and flip by (epoch, image), the mask
+counters): the data order by the epoch, an image's crop and flip by (epoch, image) (from a
+token cache: which of its views by (epoch, image), a view's crop by (image, view)), the mask
 ratio by the global micro-batch, the noise that picks the dropped and masked tokens by
 (micro-batch, row of the global micro-batch), and dropout by (micro-batch, rank). Hence
 - a resumed run continues the exact sequence of an uninterrupted one, with no RNG state to
@@ -20,8 +21,11 @@ import torch
 
 from ..configs import NUM_TOKENS
 from ..data import ImageFolder, TrainTransform
+from .token_cache import TokenCache
 
-ORDER, CROP, RATIO, NOISE, DROPOUT = range(5)  # independent streams of one run seed
+# Independent streams of one seed: a training run's, then a token cache's views and the view
+# each image is trained on in an epoch (a run from a cache).
+ORDER, CROP, RATIO, NOISE, DROPOUT, VIEW_CROP, VIEW = range(7)
 
 
 def seed_of(*keys: int) -> int:
@@ -86,11 +90,16 @@ class TrainOrder:
                        for j in range(self.batch)]
 
 
+def noise_of(seed: int, micro: int, row: int) -> torch.Tensor:
+    """The noise [256] of a row of a global micro-batch for the model's forward: a random
+    permutation of 0..255 / 256. The masks depend only on the order of the noise, which a
+    permutation draws uniformly, and having no ties, it never needs the official redraw."""
+    return torch.randperm(NUM_TOKENS, generator=generator(seed, NOISE, micro, row)).float() / NUM_TOKENS
+
+
 class TrainSamples(torch.utils.data.Dataset):
     """(image, noise) of a key from TrainOrder: the image cropped and flipped by the pretraining
-    transform, and noise [256] for the model's forward. The noise is a random permutation of
-    0..255 / 256: the masks depend only on the order of the noise, which a permutation draws
-    uniformly, and having no ties, it never needs the official redraw."""
+    transform, and its row's noise (noise_of)."""
 
     def __init__(self, folder: ImageFolder, seed: int, transform: TrainTransform = TrainTransform()):
         self.folder, self.seed, self.transform = folder, seed, transform
@@ -98,11 +107,51 @@ class TrainSamples(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.folder)
 
+    def crop(self, epoch: int, index: int) -> torch.Generator:
+        """The generator of an image's crop and flip in an epoch."""
+        return generator(self.seed, CROP, epoch, index)
+
     def __getitem__(self, key):
         epoch, index, micro, row = key
-        image = self.transform(self.folder.load(index), generator=generator(self.seed, CROP, epoch, index))
-        noise = torch.randperm(NUM_TOKENS, generator=generator(self.seed, NOISE, micro, row))
-        return image, noise.float() / NUM_TOKENS
+        image = self.transform(self.folder.load(index), generator=self.crop(epoch, index))
+        return image, noise_of(self.seed, micro, row)
+
+
+def view_generator(seed: int, image: int, view: int) -> torch.Generator:
+    """The generator of the crop and flip of view `view` of image `image` in a token cache."""
+    return generator(seed, VIEW_CROP, image, view)
+
+
+def views_of_epoch(seed: int, epoch: int, num_images: int, num_views: int) -> np.ndarray:
+    """The view of each image a run from a token cache trains on in an epoch, uniform over the
+    K views: a function of (seed, epoch, image), drawn as one vector per epoch (int64 [N])."""
+    return torch.randint(num_views, (num_images,), generator=generator(seed, VIEW, epoch)).numpy()
+
+
+class TokenBatches(torch.utils.data.Dataset):
+    """Whole micro-batches from a token cache: the keys of a TrainOrder micro-batch ->
+    (ids int16 [b, 256], noise [b, 256]). The ids of the batch are one read of the memory map;
+    int16 holds every codebook id and moves a quarter of int64's bytes to the device."""
+
+    def __init__(self, cache: TokenCache, seed: int):
+        self.cache, self.seed = cache, seed
+        self._epoch, self._views = None, None
+
+    def __len__(self):
+        return self.cache.num_images
+
+    def views(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._epoch, self._views = epoch, views_of_epoch(self.seed, epoch, len(self), self.cache.num_views)
+        return self._views
+
+    def __getitem__(self, keys):
+        epochs, images, micros, rows = (np.array(column) for column in zip(*keys))
+        if (epochs != epochs[0]).any():
+            raise ValueError("a micro-batch spans two epochs")  # TrainOrder never makes one
+        ids = self.cache.read(images, self.views(int(epochs[0]))[images])
+        noise = torch.stack([noise_of(self.seed, int(m), int(r)) for m, r in zip(micros, rows)])
+        return torch.from_numpy(ids.view(np.int16)), noise
 
 
 def mask_ratio(model, seed: int, micro: int) -> float:

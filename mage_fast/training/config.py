@@ -13,7 +13,8 @@ class TrainConfig(ModelSettings):
     built: a ValueError names the field. `precision` and `workers` left None are chosen for the
     device the run gets (see for_device); `device` None: CUDA if available (under torchrun,
     the GPU of the local rank)."""
-    data: str = setting(path=True)      # image folder: class subfolders or images directly inside
+    data: Optional[str] = setting(None, path=True)      # image folder: class subfolders or images inside
+    tokens: Optional[str] = setting(None, path=True)    # or a token cache of `mage-fast tokenize`
     out: str = setting(path=True)       # checkpoints and log.jsonl
     dropout: float = setting(0.1, Numbers(float, 0, 1, high_open=True))
     batch_size: int = setting(64, COUNT)        # images per process per forward
@@ -38,12 +39,18 @@ class TrainConfig(ModelSettings):
 
     def __post_init__(self):
         check_settings(self)
+        if (self.data is None) == (self.tokens is None):
+            raise ValueError("give exactly one of data (an image folder) and tokens (a token cache), got "
+                             f"data={self.data!r}, tokens={self.tokens!r}")
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs] = [0, {self.epochs}], got {self.warmup_epochs}")
 
     def for_device(self, device_type: str) -> "TrainConfig":
         """This config with the device's defaults where `precision` and `workers` are None: bf16
-        autocast and 10 image-decoding processes per GPU on CUDA; fp32 and the images decoded
-        in the training process on CPU."""
-        workers = (10 if device_type == "cuda" else 0) if self.workers is None else self.workers
+        autocast on CUDA, with 10 image-decoding processes per GPU (4 loading a token cache,
+        which has no image to decode); fp32 and the data loaded in the training process on CPU."""
+        if self.workers is not None:
+            workers = self.workers
+        else:
+            workers = (4 if self.tokens else 10) if device_type == "cuda" else 0
         return dataclasses.replace(self, precision=self.precision or default_precision(device_type), workers=workers)

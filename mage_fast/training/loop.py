@@ -11,14 +11,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed
 from ..checkpoint import load_checkpoint
-from ..data import ImageFolder
 from ..model import build_model
 from ..validation import PRECISIONS
-from .batches import TrainOrder, TrainSamples, mask_ratio, seed_dropout
 from ..settings import as_namespace
+from .batches import TrainOrder, mask_ratio, seed_dropout
 from .config import TrainConfig
 from .optim import build_optimizer, freeze_unused, lr_at, scaled_lr
 from .progress import Progress
+from .source import data_source
 from .state import LAST, epoch_path, keep_copy, restore, resume_path, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,12 @@ def _initial_model(config, ctx, resuming: bool):
     return model.to(ctx.device).train()
 
 
-def _samples(config) -> TrainSamples:
-    """What the steps read, keyed by TrainOrder: the run's data source is chosen here."""
-    return TrainSamples(ImageFolder(config.data), config.seed)
+def _weights(config, resume) -> str:
+    """Where the run's weights come from, for messages."""
+    if resume:
+        return f"the checkpoint {resume}"
+    given = [f"--{name} {path}" for name, path in (("ckpt", config.ckpt), ("vqgan-ckpt", config.vqgan_ckpt)) if path]
+    return " and ".join(given) or f"random weights (--seed {config.seed})"
 
 
 def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
@@ -63,8 +66,8 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
     ctx = ctx or distributed.init(config.device)
     config = config.for_device(ctx.device.type)
     cuda = ctx.device.type == "cuda"
-    samples = _samples(config)
-    order = TrainOrder(len(samples), config.batch_size, config.accum_iter, config.seed, ctx.rank, ctx.world_size)
+    source = data_source(config.data, config.tokens, config.seed)
+    order = TrainOrder(source.num_images, config.batch_size, config.accum_iter, config.seed, ctx.rank, ctx.world_size)
     spe, accum = order.steps_per_epoch, config.accum_iter
     total = config.epochs * spe
     stop = min(total, config.max_steps or total)
@@ -78,11 +81,12 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
     optimizer = build_optimizer(model, peak_lr, config.weight_decay)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.precision == "fp16")
-    step = restore(resume, model, optimizer, scaler, order) if resume else 0
+    step = restore(resume, model, optimizer, scaler, order, source.settings) if resume else 0
+    source.check_tokenizer(model, _weights(config, resume))
     if ctx.is_main:
         if config.resume == "none" and os.path.exists(os.path.join(config.out, LAST)):
             log.warning("--resume none: the run starts over and overwrites %s", os.path.join(config.out, LAST))
-        print(f"{len(samples)} images, {spe} steps/epoch of {order.images_per_step} images "
+        print(f"{source.description}, {spe} steps/epoch of {order.images_per_step} images "
               f"(batch {config.batch_size} x {ctx.world_size} process(es) x {accum} accumulated), "
               f"lr {peak_lr:.3e}, {config.precision}, {config.impl} model {config.model} on {ctx.device}; "
               + (f"resuming at step {step} from {resume}" if resume else "starting at step 0"))
@@ -99,10 +103,7 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
     net = ddp or model
     if config.compile:
         net = torch.compile(net)
-    loader = torch.utils.data.DataLoader(
-        samples, batch_sampler=dataclasses.replace(order, start=step, stop=stop),
-        num_workers=config.workers, pin_memory=cuda)
-    batches = iter(loader)
+    batches = iter(source.loader(dataclasses.replace(order, start=step, stop=stop), config.workers, cuda))
     progress = Progress(ctx, config.out, step, stop, order.images_per_step, spe)
     try:
         while step < stop:
@@ -110,7 +111,7 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for m in range(accum):
-                images, noise = next(batches)
+                inputs, noise = next(batches)  # images or ids: what source.input names
                 micro = step * accum + m
                 seed_dropout(config.seed, micro, ctx.rank)
                 # Gradients are all-reduced once per step, in the last micro-batch's backward.
@@ -121,7 +122,7 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
                         ratio = torch.full((), ratio, dtype=torch.float64, device=ctx.device)
                     with torch.autocast(ctx.device.type, dtype=PRECISIONS[config.precision],
                                         enabled=config.precision != "fp32"):
-                        loss = net(images.to(ctx.device, non_blocking=True), mask_ratio=ratio,
+                        loss = net(**{source.input: inputs.to(ctx.device, non_blocking=True)}, mask_ratio=ratio,
                                    noise=noise.to(ctx.device, non_blocking=True))
                     scaler.scale(loss / accum).backward()
                 progress.add_loss(loss)
@@ -140,7 +141,7 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
                 progress.report(step, lr)
             if save and ctx.is_main:
                 last = os.path.join(config.out, LAST)
-                save_checkpoint(last, model, optimizer, scaler, as_namespace(config), order, step)
+                save_checkpoint(last, model, optimizer, scaler, as_namespace(config), order, step, source.settings)
                 epoch = step // spe - 1
                 if epoch_end and ((config.keep_every and epoch % config.keep_every == 0) or epoch + 1 == config.epochs):
                     keep_copy(last, epoch_path(config.out, epoch))
