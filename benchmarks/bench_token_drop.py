@@ -22,8 +22,14 @@ COLUMNS = ["op", "dtype", "impl", "ms", "gb_s", "of_hbm", "speedup", "peak_gib"]
 
 def workloads(batch, dim, dtype, device):
     """{op: (bytes, {impl: fn})} for the sets, the encoder input and the restore."""
-    from mage_fast.ops.token_drop import (embed_and_drop, embed_and_drop_ref, mask_sets, mask_sets_ref, restore,
-                                          restore_ref)
+    from mage_fast.ops.token_drop import (
+        embed_and_drop,
+        embed_and_drop_ref,
+        mask_sets,
+        mask_sets_ref,
+        restore,
+        restore_ref,
+    )
     num_masked = math.ceil(256 * 0.694)  # the mean mask ratio
     noise = torch.rand(batch, 256, device=device)
     keep_index, masked = mask_sets(noise, 128, num_masked)
@@ -58,9 +64,11 @@ def workloads(batch, dim, dtype, device):
                       {"official": lambda: mask_sets_ref(noise, 128, num_masked),
                        "mage_fast": lambda: mask_sets(noise, 128, num_masked)}),
         "embed_and_drop fwd": (index_bytes + table_bytes + rows_bytes + stats,
-                               {"official": encoder(embed_and_drop_ref, False), "mage_fast": encoder(embed_and_drop, False)}),
+                               {"official": encoder(embed_and_drop_ref, False),
+                                "mage_fast": encoder(embed_and_drop, False)}),
         "embed_and_drop fwd+bwd": (2 * (index_bytes + table_bytes + rows_bytes + stats) + table_bytes,
-                                   {"official": encoder(embed_and_drop_ref, True), "mage_fast": encoder(embed_and_drop, True)}),
+                                   {"official": encoder(embed_and_drop_ref, True),
+                                    "mage_fast": encoder(embed_and_drop, True)}),
         "restore fwd": (index_bytes + rows_bytes + pos.numel() * size + seq_bytes,
                         {"official": decoder(restore_ref, False), "mage_fast": decoder(restore, False)}),
         "restore fwd+bwd": (2 * (index_bytes + rows_bytes + pos.numel() * size + seq_bytes),

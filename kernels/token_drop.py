@@ -31,7 +31,8 @@ def mask_sets_kernel(noise_ptr, num_masked_ptr, keep_ptr, masked_ptr, num_droppe
     for j0 in range(0, TOKENS, BLOCK_J):  # 256 x 256 comparisons, BLOCK_J columns at a time
         j = j0 + tl.arange(0, BLOCK_J)
         noise_j = tl.load(noise_ptr + b * TOKENS + j)
-        before = (noise_j[None, :] < noise_i[:, None]) | ((noise_j[None, :] == noise_i[:, None]) & (j[None, :] < i[:, None]))
+        tie = (noise_j[None, :] == noise_i[:, None]) & (j[None, :] < i[:, None])
+        before = (noise_j[None, :] < noise_i[:, None]) | tie
         rank += tl.sum(before.to(tl.int32), axis=1)
     kept = rank >= num_dropped
     # Kept token i is slot i + 1; it lands after slot 0 and the kept tokens before it.

@@ -47,8 +47,9 @@ def _str(x):
 
 
 def versions() -> dict:
-    from .backends import extension_info, triton_version
     import numpy
+
+    from .backends import extension_info, triton_version
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),

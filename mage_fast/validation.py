@@ -108,7 +108,8 @@ def check_images(images, values: bool = True):
     if not isinstance(images, torch.Tensor) or not images.is_floating_point():
         raise ValueError(f"images must be a float tensor [B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}], got {describe(images)}")
     if images.dim() != 4 or tuple(images.shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE) or images.shape[0] == 0:
-        raise ValueError(f"images must have shape [B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}] with B >= 1, got {list(images.shape)}")
+        raise ValueError(f"images must have shape [B, 3, {IMAGE_SIZE}, {IMAGE_SIZE}] with B >= 1, "
+                         f"got {list(images.shape)}")
     if values and not bool(((images >= 0) & (images <= 1)).all()):
         raise ValueError("images must lie in [0, 1] (no mean/std normalisation), and contain no NaN")
 

@@ -113,7 +113,8 @@ obj = getattr(importlib.import_module(spec["module"]), spec["kernel"])
 # An autotuner: every config it would try on a GPU; a plain kernel: the given constexprs.
 tuned = hasattr(obj, "configs")
 fn = obj.fn if tuned else obj
-configs = [(c.kwargs, dict(num_warps=c.num_warps, num_stages=c.num_stages)) for c in obj.configs] if tuned else [({}, {})]
+configs = ([(c.kwargs, dict(num_warps=c.num_warps, num_stages=c.num_stages)) for c in obj.configs]
+           if tuned else [({}, {})])
 out = []
 for kwargs, options in configs:
     signature = {**spec["signature"], **dict.fromkeys(kwargs, "constexpr")}
@@ -142,5 +143,6 @@ def compile_for_gpus(module: str, kernel: str, signature: dict, constexprs: dict
     compiled = json.loads(proc.stdout.strip().splitlines()[-1])
     for c in compiled:
         assert c["ptx"] > 0 and c["cubin"] > 0, c
-        assert c["shared"] <= MAX_SHARED_BYTES[c["arch"]], f"{kernel} needs more shared memory than sm_{c['arch']} has: {c}"
+        assert c["shared"] <= MAX_SHARED_BYTES[c["arch"]], \
+            f"{kernel} needs more shared memory than sm_{c['arch']} has: {c}"
     return compiled

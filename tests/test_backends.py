@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import env_without_interpreter
 
+from helpers import env_without_interpreter
 from mage_fast import backend_report, mage_vit_tiny_test
 from mage_fast.backends import extension_info
 

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from helpers import strict_json
 from mage_fast.bench import flops, measure
 from mage_fast.bench.report import collect, describe, speedup_bars, table
 from mage_fast.bench.workloads import Result, _largest_batch_that_fits, sample_workloads
@@ -13,8 +14,6 @@ from mage_fast.cli import main
 from mage_fast.configs import CONFIGS
 from mage_fast.roofline import roofline_for
 from mage_fast.telemetry import nvml_snapshot
-
-from helpers import strict_json
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU run of the bench")
@@ -105,6 +104,7 @@ def test_finetune_cases_train_the_classifier_on_rotating_inputs(monkeypatch):
     assert all(not torch.equal(model.head.weight, before) for model, before in heads)
     # The FLOPs: 3x the matmuls of the classifier's forward (counted, tokenizer aside) + the tokenizer's.
     from torch.utils.flop_counter import FlopCounterMode
+
     from mage_fast.bench.flops import tokenizer_flops
     model = heads[0][0]
     ids = torch.zeros(2, 256, dtype=torch.long)
@@ -216,7 +216,8 @@ def test_scripts_run_in_stages_and_collect_into_one_report(tmp_path):
     script("bench_vq.py", "--smoke", "--results-dir", str(tmp_path))
     script("bench_train.py", "--smoke", "--repeats", "1", "--results-dir", str(tmp_path))
     train = strict_json(next(tmp_path.glob("*-train-mage_vit_tiny_test.json")).read_text())
-    assert {r["implementation"] for r in train["sections"]["train-mage_vit_tiny_test"]} == {"reference fp32", "fast fp32"}
+    implementations = {r["implementation"] for r in train["sections"]["train-mage_vit_tiny_test"]}
+    assert implementations == {"reference fp32", "fast fp32"}
     prefix = next(tmp_path.glob("*-vq.json")).name[:-len("-vq.json")]
     out = script("collect.py", "--results-dir", str(tmp_path), "--prefix", prefix)
     merged = strict_json((tmp_path / f"{prefix}.json").read_text())

@@ -3,11 +3,10 @@
 import pytest
 import torch
 
+from helpers import strict_json
 from mage_fast.bench.flops import detokenizer_flops, tokenizer_flops
 from mage_fast.cli import main
 from mage_fast.configs import MAGE_B, MAGE_L, SEQ_LEN, flops_per_image
-
-from helpers import strict_json
 
 
 def test_info_text_and_json(capsys):

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from helpers import without_host_sync
-
 from mage_fast.configs import MASK_ID
 from mage_fast.cuda_graphs import capture
 from mage_fast.ops import decode_step as decode_step_module
@@ -214,9 +213,10 @@ def test_opcheck_and_compile():
     torch.library.opcheck(OP.decode_step.default, args)
     logits, ids, _, u1, u2 = random_case(2, 256, 1024, torch.float32, 0.5, seed=4)
     torch.library.opcheck(OP.decode_step_with_noise.default, (logits, ids, u1, u2, 1, 12, 4.5, None))
-    compiled = torch.compile(lambda l, i, s: decode_step(l, i, s, 1, 12, 4.5), backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(lambda x, i, s: decode_step(x, i, s, 1, 12, 4.5), backend="aot_eager", fullgraph=True)
     seeds = torch.tensor([3, 4])
-    assert all(torch.equal(a, b) for a, b in zip(compiled(logits, ids, seeds), decode_step(logits, ids, seeds, 1, 12, 4.5)))
+    expected = decode_step(logits, ids, seeds, 1, 12, 4.5)
+    assert all(torch.equal(a, b) for a, b in zip(compiled(logits, ids, seeds), expected))
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")

@@ -6,9 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from mage_fast.files import append_json_line, to_json, write_json
-
 from helpers import strict_json
+from mage_fast.files import append_json_line, to_json, write_json
 
 
 def test_non_finite_figures_become_null_at_any_depth():

@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from helpers import rel_err
-
 from mage_fast.cli import main
 from mage_fast.configs import TINY_TEST, MAGEConfig, VQGANConfig
 from mage_fast.data import EvalTransform
@@ -331,8 +330,8 @@ def run(data):
     out = data[0] / "full"
     save = loop.save_checkpoint
 
-    def save_and_keep(path, *args):
-        save(path, *args)
+    def save_and_keep(path, *args, **kwargs):
+        save(path, *args, **kwargs)
         if args[5] == MID:
             shutil.copyfile(path, data[0] / "mid.pth")
     with pytest.MonkeyPatch.context() as mp:

@@ -3,9 +3,9 @@ the loss and every parameter gradient; tokenize, logits, generation, state_dict,
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from helpers import assert_error_bounded, assert_nearest_codes, poisoned_allocations, rel_err, without_host_sync
 
 import mage_fast
+from helpers import assert_error_bounded, assert_nearest_codes, poisoned_allocations, rel_err, without_host_sync
 from mage_fast import model as fast
 from mage_fast.backends import backend_report
 from mage_fast.configs import MASK_ID

@@ -11,13 +11,22 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import crashing_after, env_without_interpreter, strict_json
+from mage_fast import mage_vit_tiny_test
 from mage_fast.cli import main
 from mage_fast.data import EvalTransform, ImageFolder, TrainTransform
-from mage_fast.recognition import (LARS, FeatureSet, build_encoder, extract_features, load_encoder,
-                                   linear_probe, load_features, lr_at, save_features)
+from mage_fast.recognition import (
+    LARS,
+    FeatureSet,
+    build_encoder,
+    extract_features,
+    linear_probe,
+    load_encoder,
+    load_features,
+    lr_at,
+    save_features,
+)
 from mage_fast.recognition.linprobe import probe_schedule
-from mage_fast import mage_vit_tiny_test
-from helpers import crashing_after, env_without_interpreter, strict_json
 
 COLOURS = {"blue": (40, 40, 200), "green": (40, 200, 40), "red": (200, 40, 40)}
 PER_CLASS, CHUNK = 6, 4

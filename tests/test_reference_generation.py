@@ -44,7 +44,8 @@ def test_exact_exp_and_log_are_accurate():
     assert (rel - x.double().abs() * (2.0 ** -24 + 2.0 ** -26)).max() < 3e-7
     assert rel[x > -1].max() < 3e-7
     assert exact_exp(torch.zeros(1)).item() == 1.0 and exact_exp(torch.tensor([-100.0])).item() == 0.0
-    y = torch.cat([torch.rand(100000, generator=torch.Generator().manual_seed(1)) * 2000, torch.tensor([2.0 ** -24, 1.0])])
+    uniform = torch.rand(100000, generator=torch.Generator().manual_seed(1))
+    y = torch.cat([uniform * 2000, torch.tensor([2.0 ** -24, 1.0])])
     y = y.clamp(min=2.0 ** -24)
     err = (exact_log(y).double() - y.double().log()).abs()
     assert (err / y.double().log().abs().clamp(min=1e-3)).max() < 1e-6
@@ -80,7 +81,8 @@ def test_generate_is_deterministic_and_batch_independent(tiny, monkeypatch):
     is about the random numbers and the decoding, not about whether MKL rounds a batched matrix
     product alike at two batch sizes (on some CPUs it does not)."""
     logits = tiny.logits_unchecked
-    monkeypatch.setattr(tiny, "logits_unchecked", lambda ids: torch.cat([logits(ids[i: i + 1]) for i in range(len(ids))]))
+    monkeypatch.setattr(tiny, "logits_unchecked",
+                        lambda ids: torch.cat([logits(ids[i: i + 1]) for i in range(len(ids))]))
     a = tiny.generate([5, 6, 7], num_iter=6)
     assert torch.equal(a, tiny.generate([5, 6, 7], num_iter=6))
     assert torch.equal(a[1:2], tiny.generate([6], num_iter=6))

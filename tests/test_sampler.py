@@ -16,9 +16,9 @@ from PIL import Image
 
 from helpers import rel_err, strict_json
 from mage_fast.configs import MAGE_B, MASK_ID
+from mage_fast.model import build_model
 from mage_fast.reference.decoding import schedule
 from mage_fast.reference.vqgan import VQGAN
-from mage_fast.model import build_model
 from mage_fast.sampler import Sampler, pixel_mask_to_tokens
 from mage_fast.sampling import SampleConfig, image_path, image_seed, sample
 
@@ -203,6 +203,7 @@ def test_fid_names_the_missing_inception_weights(tmp_path, monkeypatch):
     """Offline without --inception-weights: the download fails, and the error says what to pass."""
     import types
     import urllib.error
+
     from mage_fast.cli import main
 
     def offline(*args, **kwargs):

@@ -192,6 +192,7 @@ def test_restore_promotes_like_the_reference():
 def test_kernel_level_launchers():
     """The launchers themselves, without dispatch or autograd."""
     from mage_fast.kernels import token_drop as k
+
     from mage_fast.ops.token_drop import slot_rows
     noise = tie_free_noise(2, 10, KERNEL_DEVICE)
     keep_index, masked = k.mask_sets_forward(noise, 128, torch.tensor([150], device=KERNEL_DEVICE))
@@ -368,7 +369,8 @@ _KERNELS = {
     "mask_sets_kernel": ("*fp32 *i64 *i64 *i1 i32 i32", {"TOKENS": 256, "BLOCK_J": 32}),
     "embed_forward_kernel": ("*i64 *i1 *i64 *bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *fp32 i32 i32 i32 fp32",
                              {**_COMMON, "ROWS": 4, "BLOCK_D": 1024}),
-    "embed_backward_kernel": ("*bf16 *i64 *i1 *i64 *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *fp32 *fp32 *fp32 i32 i32 i32 i32",
+    "embed_backward_kernel": ("*bf16 *i64 *i1 *i64 *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *fp32 *fp32 *fp32 "
+                              "i32 i32 i32 i32",
                               {**_COMMON, "ROWS": 4, "BLOCK_D": 1024}),
     "restore_forward_kernel": ("*bf16 *i32 *i1 *fp32 *fp32 i32 i32", {"SEQ": 257, "BLOCK_P": 8, "BLOCK_D": 256}),
     "restore_backward_kernel": ("*fp32 *i32 *i1 *bf16 *fp32 i32 i32 i32",

@@ -20,8 +20,6 @@ import torch
 from PIL import Image
 
 from helpers import crashing_after, env_without_interpreter
-from test_training import assert_same_state, load, logged
-
 from mage_fast import model as fast_model
 from mage_fast.checkpoint import load_checkpoint
 from mage_fast.cli import main
@@ -30,6 +28,7 @@ from mage_fast.model import build_model
 from mage_fast.training import TokenBatches, TokenCache, TrainSamples, tokenize_folder, tokenizer_sha256
 from mage_fast.training import tokenize as tokenize_module
 from mage_fast.training.batches import VIEW_CROP, generator, noise_of, view_generator, views_of_epoch
+from test_training import assert_same_state, load, logged
 
 TINY = ["--model", "mage_vit_tiny_test", "--device", "cpu"]
 N, K = 3, 2

@@ -15,11 +15,10 @@ import torch
 from PIL import Image
 
 from helpers import rel_err, strict_json
-
+from mage_fast import training
 from mage_fast.cli import main
 from mage_fast.data import ImageFolder
 from mage_fast.reference import mage_vit_tiny_test
-from mage_fast import training
 from mage_fast.training import TrainConfig, TrainOrder, TrainSamples, freeze_unused, lr_at, param_groups, scaled_lr
 
 TINY = ["--model", "mage_vit_tiny_test", "--device", "cpu", "--workers", "0", "--log-every", "1"]

@@ -109,7 +109,8 @@ def plot(path: str, sections: Dict[str, tuple], title: str = "") -> Optional[str
     labels, values = zip(*reversed(bars))
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.28 * len(bars)))
     # Bars from 1x to the speed-up: right of the line is faster than the baseline, left slower.
-    ax.barh(range(len(values)), [v - 1 for v in values], left=1, color=["#2a9d8f" if v >= 1 else "#e76f51" for v in values])
+    colors = ["#2a9d8f" if v >= 1 else "#e76f51" for v in values]
+    ax.barh(range(len(values)), [v - 1 for v in values], left=1, color=colors)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(values)), labels, fontsize=7)
     ax.set_xscale("log")

@@ -14,7 +14,8 @@ from ..configs import CONFIGS
 from ..cuda_graphs import capture
 from ..finetune.optim import build_optimizer as layer_decay_optimizer
 from ..model import build_model
-from ..recognition.classifier import UNUSED as CLASSIFIER_UNUSED, build_classifier
+from ..recognition.classifier import UNUSED as CLASSIFIER_UNUSED
+from ..recognition.classifier import build_classifier
 from ..training.optim import build_optimizer, freeze_unused
 from ..validation import PRECISIONS, default_precision, precision_name
 from .baselines import official_generate
@@ -189,7 +190,7 @@ def tokenize_workload(model_name: str, batch: int, device: torch.device, warmup:
         return _measure("tokenize", label, b, fn, tokenizer_flops(CONFIGS[model_name]), device, warmup, repeats,
                         baseline=label)
     result = _largest_batch_that_fits(label, batch, device, case)
-    del model
+    model = None  # released before the next case (not `del`: the timed closure names it)
     _release()
     return result
 
@@ -281,9 +282,10 @@ def sample_workloads(model_name: str, batch: Optional[int], num_iter: int, devic
     if device.type == "cuda" and dtype != torch.float32:
         references.append((f"reference {precision_name(dtype)}", dtype))
     for label, ref_dtype in references:
-        results.append(_measure(name, label, small, lambda: official_generate(reference, small, num_iter, temperature, ref_dtype),
-                                flops, device, warmup, repeats, official))
-    del reference
+        def generate(ref_dtype=ref_dtype):
+            return official_generate(reference, small, num_iter, temperature, ref_dtype)
+        results.append(_measure(name, label, small, generate, flops, device, warmup, repeats, official))
+    reference = None  # released before the fast cases (not `del`: the timed closures name it)
     _fresh(device)
     fast = build_model(model_name, "fast").to(device).eval()
     sampler = Sampler(fast, num_iter, temperature, dtype)
@@ -297,6 +299,6 @@ def sample_workloads(model_name: str, batch: Optional[int], num_iter: int, devic
                                 flops, device, warmup, repeats, baseline))
         sampler.clear_graphs()
         _fresh(device)  # the next case's peak memory counts its own graph only
-    del fast, sampler
+    fast = sampler = None
     _release()
     return results

@@ -42,11 +42,12 @@ def register(sub):
     p.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
                    help="precision of the fast module and of the reference it is compared with (default: bf16 on "
                         "CUDA, fp32 on CPU); the official-way baselines keep their own (fp16 training, fp32 sampling)")
-    p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per workload (the median is reported)")
+    p.add_argument("--repeats", type=positive_int, default=5,
+                   help="timed repeats per workload (the median is reported)")
     p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls before timing")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--out", metavar="DIR", help="write each part's <device>-<date>-<part>.{json,md} there (e.g. benchmarks/results) and "
-                   "merge that day's into <device>-<date>.{json,md,png}")
+    p.add_argument("--out", metavar="DIR", help="write each part's <device>-<date>-<part>.{json,md} there (e.g. "
+                   "benchmarks/results) and merge that day's into <device>-<date>.{json,md,png}")
     p.set_defaults(func=run)
 
 
@@ -68,8 +69,14 @@ def run_kernel_scripts(out_dir, smoke):
 def run(args):
     from ..bench.measure import device_record, roofline_peak
     from ..bench.report import collect, describe, describe_nvml, stem, table, write
-    from ..bench.workloads import (COLUMNS, as_rows, finetune_workloads, sample_workloads, tokenize_workload,
-                                   train_workloads)
+    from ..bench.workloads import (
+        COLUMNS,
+        as_rows,
+        finetune_workloads,
+        sample_workloads,
+        tokenize_workload,
+        train_workloads,
+    )
     from ..telemetry import nvml_snapshot
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"

@@ -67,7 +67,7 @@ def run(args):
             raise SystemExit(f"{args.ref} must hold arrays 'mu' and 'sigma' (reference Inception statistics)")
         metrics = fidelity.calculate_metrics(input1=args.gen, isc=True, **options)
         gen_stats = metric_fid.fid_input_id_to_statistics(1, extractor, "2048", input1=args.gen, **options)
-        ref_stats = {"mu": stats["mu"].astype(gen_stats["mu"].dtype), "sigma": stats["sigma"].astype(gen_stats["sigma"].dtype)}
+        ref_stats = {k: stats[k].astype(gen_stats[k].dtype) for k in ("mu", "sigma")}
         metrics.update(metric_fid.fid_statistics_to_metric(gen_stats, ref_stats, verbose=False))
     for name, value in metrics.items():
         print(f"{name:40s} {value:.4f}")

@@ -23,6 +23,7 @@ import logging
 from ..configs import CONFIGS
 from ..validation import PRECISIONS, default_precision
 
+
 def register(sub):
     from ..finetune.config import MODEL_DEFAULTS, NO_AUGMENT, FinetuneConfig
     d = {f.name: f.default for f in dataclasses.fields(FinetuneConfig) if f.default is not dataclasses.MISSING}

@@ -60,6 +60,7 @@ def run(args):
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"mage-fast linprobe: {e}") from None
     print(f"linear probe: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  ({r['train']} train, {r['val']} val, "
-          f"{r['classes']} classes, {r['epochs']} epochs, {r['steps']} steps, batch {r['batch_size']}, lr {r['lr']:.4g})")
+          f"{r['classes']} classes, {r['epochs']} epochs, {r['steps']} steps, batch {r['batch_size']}, "
+          f"lr {r['lr']:.4g})")
     print(f"schedule: {r['schedule']}")
     write_json(args, r)

@@ -10,8 +10,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data import ImageFolder
 from ..files import append_json_line
-from ..settings import as_namespace
 from ..recognition.classifier import UNUSED, build_classifier
+from ..settings import as_namespace
 from ..training.batches import TrainOrder, seed_dropout
 from ..training.optim import freeze_unused, lr_at, optimizer_step, scaled_lr
 from ..training.progress import Progress
@@ -153,8 +153,9 @@ def finetune(cfg: FinetuneConfig, ctx) -> dict:
                 if epoch_end and improved:
                     # best first: a kill between the two leaves a last checkpoint from before this
                     # epoch, whose resume evaluates the epoch again and rewrites both.
-                    save_checkpoint(os.path.join(cfg.out, BEST), model, optimizer, scaler, args, order, step, extra=extra)
-                    keep_copy(os.path.join(cfg.out, BEST), last)
+                    best_path = os.path.join(cfg.out, BEST)
+                    save_checkpoint(best_path, model, optimizer, scaler, args, order, step, extra=extra)
+                    keep_copy(best_path, last)
                 else:
                     save_checkpoint(last, model, optimizer, scaler, args, order, step, extra=extra)
     finally:

@@ -9,7 +9,6 @@ from ..configs import MASK_ID
 from ..reference.decoding import decoding_step
 from ..validation import FLOAT_TYPES, check_decoding, describe
 
-
 _BUILT = extension_info()  # fixed for the process; read as a constant under torch.compile
 _MAX_CLASSES, _MAX_POSITIONS = 1024, 1024  # csrc/decode_math.h's limits
 

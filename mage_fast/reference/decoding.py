@@ -140,7 +140,8 @@ def schedule(num_iter: int, num_tokens: int = 256):
     """Tokens fixed at each step when all num_tokens start unknown (the last step fixes all)."""
     unknown, fixed = num_tokens, []
     for step in range(num_iter):
-        left = 0 if step == num_iter - 1 else max(1, min(unknown - 1, math.floor(num_tokens * mask_ratio(step, num_iter))))
+        ratio = mask_ratio(step, num_iter)
+        left = 0 if step == num_iter - 1 else max(1, min(unknown - 1, math.floor(num_tokens * ratio)))
         fixed.append(unknown - left)
         unknown = left
     return fixed

@@ -13,11 +13,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..configs import (CONFIGS, FAKE_CLASS_ID, MASK_ID, NUM_TOKENS, SEQ_LEN, TOKEN_GRID, VOCAB_SIZE,
-                       MAGEConfig, VQGANConfig)
+from ..configs import (
+    CONFIGS,
+    FAKE_CLASS_ID,
+    MASK_ID,
+    NUM_TOKENS,
+    SEQ_LEN,
+    TOKEN_GRID,
+    VOCAB_SIZE,
+    MAGEConfig,
+    VQGANConfig,
+)
 from ..validation import check_decoding, check_ids, check_images, check_noise, check_seeds
 from .decoding import decoding_step
-from .layers import Attention, Block, BertEmbeddings, MlmLayer, PatchEmbed, label_smoothed_nll, sincos_pos_embed
+from .layers import Attention, BertEmbeddings, Block, MlmLayer, PatchEmbed, label_smoothed_nll, sincos_pos_embed
 from .vqgan import VQGAN
 
 

@@ -12,8 +12,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import distributed
 from ..checkpoint import load_checkpoint
 from ..model import build_model
-from ..validation import PRECISIONS
 from ..settings import as_namespace
+from ..validation import PRECISIONS
 from .batches import TrainOrder, mask_ratio, seed_dropout
 from .config import TrainConfig
 from .optim import build_optimizer, freeze_unused, lr_at, scaled_lr
