@@ -1,4 +1,5 @@
-# Two commands do all the set-up: `make bench` and `make test` (both install first, once).
+# Two commands do all the set-up: `make bench` and `make test` (both install first, once);
+# `make lint` runs the linter CI runs.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.mage-fast-installed
 BUILD_INPUTS := setup.py pyproject.toml $(wildcard csrc/*)
 
-.PHONY: install test bench clean
+.PHONY: install test lint bench clean
 
 install: $(STAMP)
 
@@ -22,6 +23,11 @@ $(STAMP): $(BUILD_INPUTS)
 
 test: install
 	$(PY) -m pytest tests
+
+# The linter CI runs, pinned so that a new release's rules never turn CI red on their own.
+lint: install
+	$(PY) -c "import ruff" 2>/dev/null || $(PIP) install --quiet ruff==0.17.6
+	$(VENV)/bin/ruff check .
 
 bench: install
 	$(VENV)/bin/mage-fast bench

@@ -64,6 +64,10 @@ build() {
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__,
       'setuptools', setuptools.__version__)"; } > "$LOGS/preflight.log" 2>&1
   cat "$LOGS/preflight.log"
+  # The extension for this chip only (setup.py; CI keeps compiling for sm_80 and sm_90).
+  local cap; cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
+  [ -n "$cap" ] && export MAGE_FAST_CUDA_ARCHS=$cap
+  local t0=$SECONDS
   if ! $PY -m pip install --no-build-isolation --no-deps -e . > "$LOGS/build.log" 2>&1; then
     echo "pip install failed (tail of build.log below); building in place instead"
     tail -20 "$LOGS/build.log"
@@ -72,12 +76,16 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton._
     $PY setup.py build_ext --inplace >> "$LOGS/build.log" 2>&1
   fi
   has_cuda_build || { echo "mage_fast._C was not built with CUDA:"; tail -50 "$LOGS/build.log"; exit 1; }
+  echo "build: $((SECONDS - t0)) s for sm_${MAGE_FAST_CUDA_ARCHS:-80 90}" | tee -a "$LOGS/status.log"
   $PY -m mage_fast.cli info 2>&1 | tee "$LOGS/info.log"
 }
 
 gpu_tests() {  # name, pytest arguments...
   local name=$1; shift
-  timed "tests-$name" . $PY -m pytest -rfEs --durations=30 -m gpu "$@"
+  # Every test's duration (the first to run a kernel also pays its Triton compile and autotune:
+  # TRITON_PRINT_AUTOTUNING logs each autotune's time and choice) and a JUnit file per stage.
+  TRITON_PRINT_AUTOTUNING=1 timed "tests-$name" . $PY -m pytest -rfEs --durations=0 --durations-min=0.5 \
+    --junitxml="$LOGS/junit-$name.xml" -m gpu "$@"
 }
 
 bench() {  # name, script, arguments...

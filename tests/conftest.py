@@ -35,11 +35,11 @@ def no_interpreter(monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("triton"):  # the interpreter computes tl.dot through numpy's BLAS
+            item.add_marker(pytest.mark.machine)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip)
 
 

@@ -31,6 +31,7 @@ def random_case(b, n, v, dtype, known_fraction, seed, device="cpu"):
     return [t.to(device) for t in (logits, ids, seeds, *noise)]
 
 
+@pytest.mark.machine
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("b,n,v,known", [(3, 256, 1024, 0.0), (4, 256, 1024, 0.6), (2, 7, 1000, 0.3), (5, 33, 37, 0.5)])
 def test_given_noise_equals_reference(dtype, b, n, v, known):
@@ -41,6 +42,7 @@ def test_given_noise_equals_reference(dtype, b, n, v, known):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (step, num_iter)
 
 
+@pytest.mark.machine
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_philox_noise_equals_reference(dtype):
     logits, ids, seeds, _, _ = random_case(6, 256, 1024, dtype, 0.4, seed=1)
@@ -80,6 +82,7 @@ def test_strided_logits_are_read_in_place():
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+@pytest.mark.machine
 def test_ids_do_not_depend_on_the_batch():
     logits, ids, seeds, _, _ = random_case(5, 256, 1024, torch.float32, 0.3, seed=9)
     full = decode_step(logits, ids, seeds, 2, 12, 4.5)
@@ -135,6 +138,7 @@ def tied_case(variant, step, num_iter=12, b=3, n=256, v=64):
     return logits, ids, args
 
 
+@pytest.mark.machine
 @pytest.mark.parametrize("variant", ["temperature 0", "equal gumbel noise", "philox"])
 @pytest.mark.parametrize("step", [0, 5, 10])
 def test_tied_confidence_goes_to_the_lower_position(variant, step):

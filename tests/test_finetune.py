@@ -399,6 +399,7 @@ def test_checkpoint_resumes_the_official_way(run):
     torch.amp.GradScaler("cpu").load_state_dict(ckpt["scaler"])
 
 
+@pytest.mark.machine
 def test_resume_continues_exactly(data, run):
     """Resumed mid-epoch (step 3 of 4) from the checkpoint the run left there: the state of the
     uninterrupted run, bit for bit, with drop path and dropout on and two micro-batches per

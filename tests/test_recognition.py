@@ -177,6 +177,7 @@ def test_train_transform_is_reproducible_with_a_seed():
 
 
 # ------------------------------------------------------------------ features
+@pytest.mark.machine
 def test_features_shape_dtype_and_determinism(folder, tmp_path):
     part = ImageFolder(str(folder), EvalTransform(resize=292)).shard(0, 6)
     model = build_encoder("mage_vit_tiny_test")
@@ -197,6 +198,7 @@ def test_features_shape_dtype_and_determinism(folder, tmp_path):
     assert cls.features.shape == a.features.shape and not np.allclose(cls.features, a.features)
 
 
+@pytest.mark.machine
 def test_features_reuse_finished_chunks_after_a_crash(folder, tmp_path, monkeypatch):
     part = ImageFolder(str(folder), EvalTransform(resize=292)).shard(0, 6)
     model = build_encoder("mage_vit_tiny_test")
@@ -216,6 +218,7 @@ def test_features_reuse_finished_chunks_after_a_crash(folder, tmp_path, monkeypa
     np.testing.assert_array_equal(fs.features[2:], real(torch.stack([part[2][0]])).numpy())
 
 
+@pytest.mark.machine
 def test_features_resume_after_sigkill(folder, launcher, reference, tmp_path):
     out = tmp_path / "features.npz"
     partial = tmp_path / "features.npz.partial"
@@ -237,6 +240,7 @@ def test_features_resume_after_sigkill(folder, launcher, reference, tmp_path):
     assert not partial.exists()
 
 
+@pytest.mark.machine
 def test_features_two_process_gloo_run_matches_one_process(folder, launcher, reference, tmp_path):
     out = tmp_path / "features.npz"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

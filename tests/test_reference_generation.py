@@ -76,6 +76,7 @@ def test_generation_fixes_tokens_per_the_schedule(tiny, num_iter, table):
     assert (filled != MASK_ID).all() and filled.max() < 1024
 
 
+@pytest.mark.machine
 def test_generate_is_deterministic_and_batch_independent(tiny, monkeypatch):
     """An image depends on its seed alone. The logits run one image at a time here: the claim
     is about the random numbers and the decoding, not about whether MKL rounds a batched matrix

@@ -1,5 +1,6 @@
 """Each quirk of the official code that the reference must copy (docs/mage.md#tokenizer,
 docs/mage.md#transformer, docs/mage.md#training-forward)."""
+import pytest
 import torch
 from torch import nn
 
@@ -23,6 +24,7 @@ def test_resnet_shortcut_is_applied_to_the_block_output():
     assert block.nin_shortcut.weight.shape == (64, 64, 1, 1)
 
 
+@pytest.mark.machine
 def test_quantizer_raster_order_and_first_index_on_ties():
     """Small integers: every distance is exact in fp32 whatever the summation order, so the tie
     is a tie on any CPU's BLAS."""

@@ -23,6 +23,7 @@ from mage_fast.sampler import Sampler, pixel_mask_to_tokens
 from mage_fast.sampling import SampleConfig, image_path, image_seed, sample
 
 
+@pytest.mark.machine
 def test_sampler_equals_reference_generate(tiny):
     """Against the reference one image at a time, as the sampler computes on CPU: a batched
     forward may round otherwise (MKL picks its kernels by shape on some CPUs)."""
@@ -34,6 +35,7 @@ def test_sampler_equals_reference_generate(tiny):
     assert torch.equal(images, expected)
 
 
+@pytest.mark.machine
 def test_images_do_not_depend_on_the_batch(tiny):
     """On CPU a property of the code, not of one machine's MKL: the sampler runs the transformer
     and the VQGAN decode one image at a time."""
@@ -113,6 +115,7 @@ def pngs(folder):
     return sorted(n for n in os.listdir(folder) if n.endswith(".png"))
 
 
+@pytest.mark.machine
 def test_killed_run_resumes_with_identical_files(tmp_path):
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     subprocess.run(sample_cmd(clean, "--npz"), check=True, capture_output=True)
@@ -311,6 +314,7 @@ def test_edit_command_inpaints_under_the_mask(tmp_path):
               str(tmp_path / "small.png"), "--out", str(out), "--device", "cpu"])
 
 
+@pytest.mark.machine
 @pytest.mark.gpu
 def test_vqgan_decode_at_a_large_batch_matches_a_small_one():
     """At the batches max_batch picks (hundreds), the full-resolution activations of MAGE-B's

@@ -96,6 +96,7 @@ def copy_of(cache, tmp_path):
 
 
 # ---------------------------------------------------------------- the cache
+@pytest.mark.machine
 def test_cached_ids_are_the_tokens_of_each_views_crop(cache, folder, vqgan_ckpt):
     """View v of image i: the training crop and flip drawn from (seed, i, v), tokenized alone."""
     c = TokenCache(str(cache))
@@ -146,6 +147,7 @@ def test_batches_read_whole_micro_batches_in_order(cache):
 
 
 # ---------------------------------------------------------------- training from the cache
+@pytest.mark.machine
 def test_training_from_the_cache_equals_training_from_images_cropped_as_its_views(
         cache, folder, vqgan_ckpt, tmp_path, monkeypatch):
     """`train --tokens` against `train --data` where each image's crop in an epoch is the view the
@@ -173,6 +175,7 @@ def test_training_from_the_cache_equals_training_from_images_cropped_as_its_view
     assert tokens["args"].tokens == str(cache) and tokens["args"].data is None
 
 
+@pytest.mark.machine
 def test_resume_from_the_cache_is_exact_and_keeps_its_cache(cache, folder, vqgan_ckpt, tmp_path):
     common = ["--tokens", str(cache), "--batch-size", "1", "--accum-iter", "2", "--epochs", "3",
               "--warmup-epochs", "1", "--vqgan-ckpt", vqgan_ckpt]
@@ -204,6 +207,7 @@ def test_training_refuses_a_cache_of_other_tokenizer_weights(cache, vqgan_ckpt, 
 
 
 # ---------------------------------------------------------------- a killed tokenize
+@pytest.mark.machine
 def test_killed_tokenize_resumes_and_writes_the_same_cache(cache, folder, vqgan_ckpt, tmp_path, caplog):
     """Killed after its first chunk, then started again (here in this process, also on one
     thread): the chunks it finished are kept and the cache is the uninterrupted run's, bytes
@@ -228,6 +232,7 @@ def test_killed_tokenize_resumes_and_writes_the_same_cache(cache, folder, vqgan_
     assert not partial.exists()
 
 
+@pytest.mark.machine
 def test_two_process_gloo_tokenize_writes_the_one_process_cache(cache, folder, vqgan_ckpt, tmp_path):
     out = tmp_path / "cache"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -236,6 +236,7 @@ def test_checkpoint_resumes_the_official_way(repeated_batch_run):
     assert scaler.state_dict() == torch.amp.GradScaler("cpu").state_dict()   # a fresh scale
 
 
+@pytest.mark.machine
 def test_resume_continues_exactly(tmp_path):
     """Stopped at step 3 (mid-epoch) and resumed to step 4, the run ends in the state of an
     uninterrupted one, bit for bit: dropout active, accumulation over two micro-batches."""
@@ -264,6 +265,7 @@ def test_fp16_resume_restores_the_loss_scaler(tmp_path):
     assert scaler["scale"] > 0 and scaler["_growth_tracker"] == 2   # counted on from step 1
 
 
+@pytest.mark.machine
 def test_two_ddp_processes_match_one_process(tmp_path):
     """Two gloo ranks at batch 1 and one process at batch 2 take the same steps: the global
     batch's images, crops, mask ratios and noise are functions of (seed, counters), so the only
@@ -303,6 +305,7 @@ def mage_state_at_init():
 
 
 # ---------------------------------------------------------------- from Python
+@pytest.mark.machine
 def test_training_runs_from_python_as_the_command_does(repeated_batch_run, tmp_path):
     """A TrainConfig and train(), no torchrun and no ctx: the same first steps as the command's
     run with the same settings, and the config as the checkpoint's args."""
