@@ -118,7 +118,8 @@ class Sampler:
         return seeds.to(self.device), None if labels is None else labels.to(self.device)
 
     @torch.no_grad()
-    def run(self, seeds: Union[Sequence[int], torch.Tensor], labels: Optional[Union[Sequence[int], torch.Tensor]] = None):
+    def run(self, seeds: Union[Sequence[int], torch.Tensor],
+            labels: Optional[Union[Sequence[int], torch.Tensor]] = None):
         """One image per seed (and label, class-conditional) -> (ids [B, 256] int64, images uint8
         [B, 256, 256, 3])."""
         seeds, labels = self._inputs(seeds, labels)
