@@ -4,8 +4,16 @@ import dataclasses
 from typing import List, Optional, Union
 
 from ..settings import ModelSettings, check_settings, setting
-from ..validation import CHOICE_TEMPERATURE, COUNT, GUIDANCE_SCALE, GUIDANCE_SCHEDULES, NUM_ITER, PRECISIONS, Numbers
-from ..validation import default_precision
+from ..validation import (
+    CHOICE_TEMPERATURE,
+    COUNT,
+    GUIDANCE_SCALE,
+    GUIDANCE_SCHEDULES,
+    NUM_ITER,
+    PRECISIONS,
+    Numbers,
+    default_precision,
+)
 
 UNCONDITIONAL_IMAGES = 50000    # the FID set
 IMAGES_PER_CLASS = 50           # x 1000 classes: the class-balanced 50,000

@@ -12,8 +12,18 @@ from .. import distributed
 from ..sampler import Sampler, max_batch
 from ..validation import PRECISIONS
 from .config import SampleConfig
-from .folder import (image_label, image_path, image_seed, manifest, npz_path, previous_manifest, remove_leftovers,
-                     write_manifest, write_npz, write_png_atomic)
+from .folder import (
+    image_label,
+    image_path,
+    image_seed,
+    manifest,
+    npz_path,
+    previous_manifest,
+    remove_leftovers,
+    write_manifest,
+    write_npz,
+    write_png_atomic,
+)
 
 log = logging.getLogger("mage_fast")
 
