@@ -68,8 +68,8 @@ def run_kernel_scripts(out_dir, smoke):
 def run(args):
     from ..bench.measure import device_record, roofline_peak
     from ..bench.report import collect, describe, describe_nvml, stem, table, write
-    from ..bench.workloads import (COLUMNS, as_rows, finetune_workloads, sample_workloads, tokenize_workload,
-                                   train_workloads)
+    from ..bench.workloads import (COLUMNS, as_rows, class_conditional_workloads, finetune_workloads,
+                                   guided_sample_workloads, sample_workloads, tokenize_workload, train_workloads)
     from ..telemetry import nvml_snapshot
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
@@ -85,12 +85,15 @@ def run(args):
     batch = args.batch or (256 if cuda else 2)
     if args.what in ("train", "all"):
         results += train_workloads(model, batch, device, args.warmup, args.repeats, dtype)
+        results += class_conditional_workloads(model, batch, device, args.warmup, args.repeats, dtype)
         results.append(tokenize_workload(model, batch, device, args.warmup, args.repeats, dtype))
     if args.what in ("finetune", "all"):
         results += finetune_workloads(model, batch, device, args.warmup, args.repeats, dtype)
     if args.what in ("sample", "all"):
         results += sample_workloads(model, args.sample_batch, args.num_iter, device, args.warmup, args.repeats,
                                     dtype=dtype)
+        results += guided_sample_workloads(model, args.sample_batch, args.num_iter, device, args.warmup,
+                                           args.repeats, dtype=dtype)
     rows = as_rows(results, peak)
     if args.what in ("kernels", "all"):
         with tempfile.TemporaryDirectory() as tmp:
