@@ -274,8 +274,8 @@ class MAGE(nn.Module):
         """Classifier-free guidance as MUSE forms it: (1 + scale) x the logits given `labels` -
         scale x those given no class, both passes in one batch of 2B (fp32). scale 0: the
         conditional logits alone (no second pass); an unconditional model: its logits."""
-        if scale == 0:
-            return self.logits_unchecked(ids, labels)
+        if scale == 0:  # an unconditional model's call is logits_unchecked(ids), as before labels existed
+            return self.logits_unchecked(ids) if labels is None else self.logits_unchecked(ids, labels)
         none = torch.full_like(labels, self.num_classes)
         cond, uncond = self.logits_unchecked(ids.repeat(2, 1), torch.cat([labels, none])).float().chunk(2)
         return (1 + scale) * cond - scale * uncond
