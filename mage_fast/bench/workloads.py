@@ -15,12 +15,18 @@ from ..configs import CONFIGS
 from ..cuda_graphs import capture
 from ..finetune.optim import build_optimizer as layer_decay_optimizer
 from ..model import build_model
-from ..recognition.classifier import UNUSED as CLASSIFIER_UNUSED, build_classifier
+from ..recognition.classifier import UNUSED as CLASSIFIER_UNUSED
+from ..recognition.classifier import build_classifier
 from ..training.optim import build_optimizer, freeze_unused
 from ..validation import PRECISIONS, default_precision, precision_name
 from .baselines import official_generate
-from .flops import (class_conditional_train_flops, finetune_flops_per_image, sample_flops_per_image, tokenizer_flops,
-                    train_flops_per_image)
+from .flops import (
+    class_conditional_train_flops,
+    finetune_flops_per_image,
+    sample_flops_per_image,
+    tokenizer_flops,
+    train_flops_per_image,
+)
 from .measure import time_ms
 
 log = logging.getLogger(__name__)
@@ -377,6 +383,5 @@ def guided_sample_workloads(model_name: str, batch: Optional[int], num_iter: int
         finally:
             sampler.clear_graphs()
     result = _largest_batch_that_fits(label, batch, device, case)
-    del model, sampler
     _release()
     return [result]

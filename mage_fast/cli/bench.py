@@ -68,8 +68,16 @@ def run_kernel_scripts(out_dir, smoke):
 def run(args):
     from ..bench.measure import device_record, roofline_peak
     from ..bench.report import collect, describe, describe_nvml, stem, table, write
-    from ..bench.workloads import (COLUMNS, as_rows, class_conditional_workloads, finetune_workloads,
-                                   guided_sample_workloads, sample_workloads, tokenize_workload, train_workloads)
+    from ..bench.workloads import (
+        COLUMNS,
+        as_rows,
+        class_conditional_workloads,
+        finetune_workloads,
+        guided_sample_workloads,
+        sample_workloads,
+        tokenize_workload,
+        train_workloads,
+    )
     from ..telemetry import nvml_snapshot
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
