@@ -103,7 +103,8 @@ def class_settings(state: dict, ckpt: Optional[str], class_conditional: bool) ->
     key = CLASS_KEYS[0]
     if not class_conditional:
         if key in state:
-            raise ValueError(f"{ckpt} is class-conditional (it has {key}): use it with --class-conditional")
+            raise ValueError(f"{ckpt} is class-conditional (it has {key}): load it as one "
+                             "(mage-fast sample --class-conditional)")
         return {}
     if not ckpt:
         return {"class_conditional": True}
