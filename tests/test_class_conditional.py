@@ -26,6 +26,7 @@ from mage_fast.settings import ModelSettings
 from mage_fast.training import TrainConfig, freeze_unused
 from mage_fast.training.batches import Labels
 from mage_fast.training.optim import build_optimizer
+from mage_fast.training.source import data_source
 
 TINY = ["--model", "mage_vit_tiny_test", "--device", "cpu"]
 
@@ -372,6 +373,25 @@ def test_each_class_generates_its_own_tokens(two_classes, scale):
         got = histogram(model.generate(list(range(8)), num_iter=4, labels=[c] * 8, guidance_scale=scale))
         to_own, to_other = (got - own[c]).abs().sum(), (got - own[1 - c]).abs().sum()
         assert to_own < to_other - 0.2, (c, float(to_own), float(to_other))
+
+
+def test_batches_carry_the_labels_of_the_folder_or_the_cache(two_classes):
+    """An image's label is its class subfolder's index, from the folder or the cache's index;
+    without dropout as it is, at label_drop 1/2 "no class" (2) about half the time."""
+    root, _ = two_classes
+    want = [0] * 4 + [1] * 4
+    for data, tokens in ((str(root / "img"), None), (None, str(root / "cache"))):
+        kept = data_source(data, tokens, 0, (None, 0.0))
+        halved = data_source(data, tokens, 0, (None, 0.5))
+        assert kept.classes == ["a", "b"]
+        keys = [(0, i, 0, i) for i in range(8)]
+        eight = [(0, i % 8, i // 8, i) for i in range(64)]    # each image in 8 micro-batches: 8 draws
+        if tokens:  # a micro-batch at once: (ids, noise, labels)
+            got, drops = kept.dataset[keys][2].tolist(), halved.dataset[eight][2].tolist()
+        else:
+            got, drops = [kept.dataset[k][2] for k in keys], [halved.dataset[k][2] for k in eight]
+        assert got == want
+        assert 16 <= drops.count(2) <= 48 and all(d in (w, 2) for d, w in zip(drops, want * 8))
 
 
 def test_training_from_tokens_with_labels_resumes_exactly(two_classes, tmp_path):
