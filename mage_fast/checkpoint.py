@@ -13,9 +13,12 @@ class LoadReport:
     missing: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
     loaded: int = 0
+    initialised: List[str] = field(default_factory=list)  # absent keys the model starts fresh (its class_keys)
 
     def __str__(self):
         lines = [f"loaded {self.loaded} tensors"]
+        if self.initialised:
+            lines.append(f"initialised ({len(self.initialised)}): " + ", ".join(self.initialised))
         if self.missing:
             lines.append(f"missing ({len(self.missing)}): " + ", ".join(self.missing))
         if self.unexpected:
@@ -63,8 +66,14 @@ def load_checkpoint(model: nn.Module, ckpt: Optional[str] = None, vqgan_ckpt: Op
     """
     if ckpt is None and vqgan_ckpt is None:
         raise ValueError("give a MAGE checkpoint, a VQGAN checkpoint, or both")
-    state = read_states(ckpt, vqgan_ckpt, trusted)
-    if ckpt is None:  # a tokenizer alone: only the tokenizer is expected
+    return load_states(model, read_states(ckpt, vqgan_ckpt, trusted), ckpt is not None, strict, prefixes)
+
+
+def load_states(model: nn.Module, state: dict, mage: bool, strict: bool = True,
+                prefixes: Optional[Tuple[str, ...]] = None) -> LoadReport:
+    """load_checkpoint on the tensors read_states gave; `mage`: whether they include a MAGE
+    checkpoint's (else only the tokenizer is expected)."""
+    if not mage:  # a tokenizer alone: only the tokenizer is expected
         prefixes = tuple(p for p in prefixes if p.startswith("vqgan.")) if prefixes is not None else ("vqgan.",)
     return load_state(model, state, strict, prefixes)
 
@@ -84,8 +93,11 @@ def load_state(model: nn.Module, state: dict, strict: bool = True,
     expected = model.state_dict()
     if prefixes is not None:
         expected = {k: v for k, v in expected.items() if k.startswith(prefixes)}
-    report = LoadReport(missing=sorted(set(expected) - set(state)),
-                        unexpected=sorted(set(state) - set(expected)))
+    # A class-conditional model starts from an unconditional checkpoint: its label parameters,
+    # absent there, keep their fixed initial values and are reported by name.
+    fresh = sorted(set(getattr(model, "class_keys", ())) & set(expected) - set(state))
+    report = LoadReport(missing=sorted(set(expected) - set(state) - set(fresh)),
+                        unexpected=sorted(set(state) - set(expected)), initialised=fresh)
     bad_shapes = [f"{k}: checkpoint {list(state[k].shape)} vs model {list(v.shape)}"
                   for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if bad_shapes:
@@ -94,5 +106,7 @@ def load_state(model: nn.Module, state: dict, strict: bool = True,
         raise ValueError(f"checkpoint keys do not match the model: {report}")
     usable = {k: v for k, v in state.items() if k in expected}
     model.load_state_dict(usable, strict=False)
+    if fresh:
+        model.init_class_parameters()
     report.loaded = len(usable)
     return report

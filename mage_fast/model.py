@@ -8,7 +8,9 @@ paths inside.
   drop/mask sets, the encoder input and the decoder restore as static-shape kernels
   (ops.token_drop: mask_sets, embed_and_drop, restore), and the MLM head + label-smoothed loss
   in chunks (ops.mlm_loss), on the masked rows only when their count is known on the host;
-- generation: the C++/CUDA decoding step (ops.decode_step).
+- generation: the C++/CUDA decoding step (ops.decode_step);
+- class-conditional models: the label token joins the decoder's sequence (258 rows through
+  the fused attention), and a frozen encoder runs under no_grad.
 Where a kernel cannot run (no GPU, no Triton, no extension) each op falls back to PyTorch and
 says so in mage_fast.backend_report().
 """
@@ -17,7 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .configs import CONFIGS, NUM_TOKENS
+from .configs import CONFIGS, NUM_TOKENS, SEQ_LEN
 from .ops.attention import attention_qkv
 from .ops.decode_step import decode_step
 from .ops.mlm_loss import mlm_loss
@@ -63,15 +65,18 @@ class MAGE(reference.MAGE):
     _checks_values = staticmethod(values_checkable)
 
     def forward(self, images: Optional[torch.Tensor] = None, mask_ratio=None, noise=None, *,
-                tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+                tokens: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Training loss on images, or on their codebook ids given as `tokens` (any integer
         dtype; no tokenizer runs), as the reference. Given mask_ratio (float) and noise ([B,
         256] in [0, 1), no ties) it equals the official forward; otherwise both are drawn on the
         device (noise ties, vanishingly rare, go to the lower position instead of a redraw). A
         mask_ratio given as a 0-d tensor stays on the device: no shape depends on its value, so
-        torch.compile and CUDA graphs take every ratio without recompiling."""
+        torch.compile and CUDA graphs take every ratio without recompiling. A class-conditional
+        model takes labels [B] (label dropout already applied); its frozen encoder runs under
+        no_grad."""
         gt = self._training_ids(images, tokens)
         batch, device = gt.shape[0], gt.device
+        labels = self._check_labels(labels, batch, device)
         on_device = isinstance(mask_ratio, torch.Tensor)
         if mask_ratio is not None and (not on_device or values_checkable(mask_ratio)) \
                 and not self.mask_ratio_min <= float(mask_ratio) <= 1.0:
@@ -91,15 +96,19 @@ class MAGE(reference.MAGE):
         keep, masked = mask_sets(noise, num_dropped, num_masked)
 
         emb = self.token_emb
-        x = embed_and_drop(gt, masked, keep, emb.word_embeddings.weight, emb.position_embeddings.weight,
-                           emb.LayerNorm.weight, emb.LayerNorm.bias, emb.LayerNorm.eps)
-        x = emb.dropout(x)
-        for block in self.blocks:
-            x = block(x)
-        x = restore(self.decoder_embed(self.norm(x)), keep, masked, self.decoder_pos_embed_learned)
+        with self._encoder_grad():
+            x = embed_and_drop(gt, masked, keep, emb.word_embeddings.weight, emb.position_embeddings.weight,
+                               emb.LayerNorm.weight, emb.LayerNorm.bias, emb.LayerNorm.eps)
+            x = emb.dropout(x)
+            for block in self.blocks:
+                x = block(x)
+            x = self.norm(x)
+        x = restore(self.decoder_embed(x), keep, masked, self.decoder_pos_embed_learned)
+        if labels is not None:  # the label token after the 257 slots: 258 rows through the fused attention
+            x = torch.cat([x, self._label_token(labels)], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
-        return self._masked_loss(self.decoder_norm(x), gt, masked, num_masked)
+        return self._masked_loss(self.decoder_norm(x[:, :SEQ_LEN]), gt, masked, num_masked)
 
     def _masked_loss(self, x, gt, masked, num_masked):
         """The loss over the masked positions only (masked: mask_sets' [B, 257] set). With

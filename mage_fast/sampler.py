@@ -2,7 +2,8 @@
 CUDA graph per batch size and replayed; eager on CPU.
 
 Every random number comes from the decoding-step op's Philox streams keyed by each image's
-seed, so an image depends on its seed alone. On a GPU that holds for a given batch size:
+seed, so an image depends on its seed (and, class-conditional, its label) alone. Guidance runs
+the conditional and the unconditional pass as one batch inside the graph. On a GPU that holds for a given batch size:
 cuBLAS and cuDNN choose kernels by shape, and another batch size may round differently, so
 `mage-fast sample` pins the batch size of a run (docs/reproducibility.md#batch-invariance).
 """
@@ -14,15 +15,23 @@ import torch
 from .configs import MASK_ID, NUM_TOKENS
 from .cuda_graphs import capture
 from .ops.decode_step import decode_step
-from .validation import FLOAT_TYPES, PRECISIONS, check_decoding, check_images, check_seeds, default_precision
+from .reference.model import guidance_at
+from .validation import FLOAT_TYPES, PRECISIONS, check_decoding, check_guidance, check_images, default_precision
 
 log = logging.getLogger("mage_fast")
 
 
 class Sampler:
     def __init__(self, model, num_iter: int = 12, choice_temperature: float = 4.5,
-                 dtype: Optional[torch.dtype] = None, cuda_graphs: bool = True):
+                 dtype: Optional[torch.dtype] = None, cuda_graphs: bool = True, guidance_scale: float = 0.0,
+                 guidance_schedule: str = "constant"):
+        """guidance_scale, guidance_schedule: classifier-free guidance of a class-conditional
+        model (see MAGE.generate); run() then takes one label per seed."""
         check_decoding(num_iter, choice_temperature)
+        check_guidance(guidance_scale, guidance_schedule)
+        if guidance_scale and not model.class_conditional:
+            raise ValueError("guidance_scale needs a class-conditional model")
+        self.guidance_scale, self.guidance_schedule = guidance_scale, guidance_schedule
         self.model = model.eval()
         self.device = model.token_emb.word_embeddings.weight.device
         self.dtype = dtype or PRECISIONS[default_precision(self.device.type)]
@@ -38,24 +47,27 @@ class Sampler:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     # ------------------------------------------------------------ the computation
-    def _decode_loop(self, ids, seeds, num_initial_unknown=None):
+    def _decode_loop(self, ids, seeds, labels, num_initial_unknown=None):
         """T decoding steps from ids (MASK_ID where unknown) -> the filled ids."""
         filled = ids
         for step in range(self.num_iter):
             with self._autocast():
-                logits = self._logits(ids)
+                logits = self._logits(ids, labels, guidance_at(self.guidance_scale, self.guidance_schedule, step,
+                                                               self.num_iter))
             ids, filled = decode_step(logits, ids, seeds, step, self.num_iter, self.choice_temperature,
                                       num_initial_unknown)
         return filled
 
-    def _logits(self, ids):
-        """The transformer's logits [B, 256, 1024]: one batched forward on a GPU; on CPU one image
-        at a time, so that an image's numbers cannot depend on its batch. MKL and oneDNN choose
-        their kernels, and with them the rounding, by the matrices' shapes on some CPUs (the
-        batch size is one of them), as the VQGAN decode below does too."""
+    def _logits(self, ids, labels, scale):
+        """The transformer's logits [B, 256, 1024], guided by `scale`: one batched forward on a
+        GPU; on CPU one image at a time (with guidance, its two passes), so that an image's numbers
+        cannot depend on its batch. MKL and oneDNN choose their kernels, and with them the
+        rounding, by the matrices' shapes on some CPUs (the batch size is one of them), as the
+        VQGAN decode below does too."""
         if self.device.type == "cuda":
-            return self.model.logits_unchecked(ids)
-        return torch.cat([self.model.logits_unchecked(ids[i: i + 1]) for i in range(ids.shape[0])])
+            return self.model.guided_logits(ids, labels, scale)
+        return torch.cat([self.model.guided_logits(ids[i: i + 1], None if labels is None else labels[i: i + 1], scale)
+                          for i in range(ids.shape[0])])
 
     def _to_pixels(self, ids):
         """ids [B, 256] -> uint8 [B, 256, 256, 3], as the official script writes them:
@@ -72,19 +84,25 @@ class Sampler:
         x = (x.float().clamp(0.0, 1.0) * 255.0).to(torch.uint8)  # float -> uint8 truncates
         return x.permute(0, 2, 3, 1).contiguous()
 
-    def _generate(self, seeds):
+    def _generate(self, seeds, labels):
         ids = torch.full((seeds.shape[0], NUM_TOKENS), MASK_ID, dtype=torch.long, device=self.device)
-        filled = self._decode_loop(ids, seeds)
+        filled = self._decode_loop(ids, seeds, labels)
         return filled, self._to_pixels(filled)
+
+    def _some_labels(self, batch: int) -> Optional[torch.Tensor]:
+        """Labels of the right kind for a batch (class 0; none unconditional): the inputs a graph
+        is captured with and the sizing runs of max_batch take."""
+        return torch.zeros(batch, dtype=torch.long, device=self.device) if self.model.class_conditional else None
 
     # ------------------------------------------------------------ graphs
     def _graph(self, batch: int):
-        """(graph, static seeds, static outputs) for a batch size: captured once, then replayed."""
+        """(graph, static seeds, static labels, static outputs) for a batch size: captured once,
+        then replayed."""
         if batch not in self._graphs:
-            seeds = torch.zeros(batch, dtype=torch.long, device=self.device)
+            seeds, labels = torch.zeros(batch, dtype=torch.long, device=self.device), self._some_labels(batch)
             with torch.no_grad(), torch.cuda.device(self.device):
-                graph, outputs = capture(lambda: self._generate(seeds), warmup=1)
-            self._graphs[batch] = (graph, seeds, outputs)
+                graph, outputs = capture(lambda: self._generate(seeds, labels), warmup=1)
+            self._graphs[batch] = (graph, seeds, labels, outputs)
             log.info("captured the sampling graph for batch %d", batch)
         return self._graphs[batch]
 
@@ -94,32 +112,41 @@ class Sampler:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def _inputs(self, seeds, labels):
+        """seeds and labels (one per seed, class-conditional models only) checked, on the device."""
+        seeds, labels = self.model.check_generation(seeds, labels, self.guidance_scale, self.guidance_schedule)
+        return seeds.to(self.device), None if labels is None else labels.to(self.device)
+
     @torch.no_grad()
-    def run(self, seeds: Union[Sequence[int], torch.Tensor]):
-        """One image per seed -> (ids [B, 256] int64, images uint8 [B, 256, 256, 3])."""
-        seeds = check_seeds(seeds).to(self.device)
+    def run(self, seeds: Union[Sequence[int], torch.Tensor],
+            labels: Optional[Union[Sequence[int], torch.Tensor]] = None):
+        """One image per seed (and label, class-conditional) -> (ids [B, 256] int64, images uint8
+        [B, 256, 256, 3])."""
+        seeds, labels = self._inputs(seeds, labels)
         if not self.use_graphs:
-            return self._generate(seeds)
-        graph, static_seeds, (ids, images) = self._graph(seeds.shape[0])
+            return self._generate(seeds, labels)
+        graph, static_seeds, static_labels, (ids, images) = self._graph(seeds.shape[0])
         static_seeds.copy_(seeds)
+        if labels is not None:
+            static_labels.copy_(labels)
         graph.replay()
         return ids.clone(), images.clone()
 
-    def generate(self, seeds):
+    def generate(self, seeds, labels=None):
         """One image per seed -> token ids [B, 256]."""
-        return self.run(seeds)[0]
+        return self.run(seeds, labels)[0]
 
-    def sample(self, seeds):
+    def sample(self, seeds, labels=None):
         """One image per seed -> uint8 images [B, 256, 256, 3]."""
-        return self.run(seeds)[1]
+        return self.run(seeds, labels)[1]
 
     @torch.no_grad()
-    def edit(self, images: torch.Tensor, token_mask: torch.Tensor, seeds):
+    def edit(self, images: torch.Tensor, token_mask: torch.Tensor, seeds, labels=None):
         """Inpainting/outpainting: the tokens of `images` under `token_mask` ([B, 256] bool, True
         = regenerate) are decoded anew, the schedule counted over those tokens; the rest are kept.
         Returns (ids, uint8 images). Eager: editing is interactive, not throughput-bound."""
         check_images(images)
-        seeds = check_seeds(seeds).to(self.device)
+        seeds, labels = self._inputs(seeds, labels)
         if token_mask.dtype != torch.bool or tuple(token_mask.shape) != (images.shape[0], NUM_TOKENS):
             raise ValueError(f"token_mask must be bool [{images.shape[0]}, {NUM_TOKENS}], got "
                              f"{token_mask.dtype} {list(token_mask.shape)}")
@@ -127,7 +154,7 @@ class Sampler:
             raise ValueError(f"need one seed per image: {seeds.shape[0]} seeds, {images.shape[0]} images")
         token_mask = token_mask.to(self.device)
         ids = torch.where(token_mask, MASK_ID, self.model.tokenize(images.to(self.device)))
-        filled = self._decode_loop(ids, seeds, token_mask.sum(1))
+        filled = self._decode_loop(ids, seeds, labels, token_mask.sum(1))
         return filled, self._to_pixels(filled)
 
 
@@ -153,7 +180,7 @@ def max_batch(sampler: Sampler, limit: int = 4096, safety: float = 0.9) -> int:
         torch.cuda.reset_peak_memory_stats(sampler.device)
         base = torch.cuda.memory_allocated(sampler.device)
         with torch.no_grad():
-            sampler._generate(torch.arange(b, device=sampler.device))
+            sampler._generate(torch.arange(b, device=sampler.device), sampler._some_labels(b))
         peaks.append(torch.cuda.max_memory_allocated(sampler.device) - base)
     per_image = max((peaks[1] - peaks[0]) / 8, 1.0)
     free, _ = torch.cuda.mem_get_info(sampler.device)

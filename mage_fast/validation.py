@@ -63,6 +63,9 @@ POSITIVE = Numbers(float, 0, low_open=True)
 # Iterative decoding: at least one step; the confidence noise's temperature.
 NUM_ITER = COUNT
 CHOICE_TEMPERATURE = NON_NEGATIVE
+# Classifier-free guidance: its scale s (0: none) and how s is spread over the steps.
+GUIDANCE_SCALE = NON_NEGATIVE
+GUIDANCE_SCHEDULES = ("constant", "linear")
 
 
 def check_decoding(num_iter: int, choice_temperature: float, where: str = ""):
@@ -70,6 +73,12 @@ def check_decoding(num_iter: int, choice_temperature: float, where: str = ""):
     op, the command line) takes them; `where` prefixes the message."""
     NUM_ITER.check(f"{where}num_iter", num_iter)
     CHOICE_TEMPERATURE.check(f"{where}choice_temperature", choice_temperature)
+
+
+def check_guidance(scale: float, schedule: str):
+    GUIDANCE_SCALE.check("guidance_scale", scale)
+    if schedule not in GUIDANCE_SCHEDULES:
+        raise ValueError(f"guidance_schedule must be one of {', '.join(GUIDANCE_SCHEDULES)}, got {schedule!r}")
 
 
 def precision_name(dtype: torch.dtype) -> str:
@@ -140,6 +149,18 @@ def check_seeds(seeds: Union[Sequence[int], torch.Tensor]) -> torch.Tensor:
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.dim() != 1 or t.numel() == 0:
         raise ValueError(f"seeds must be a non-empty 1-D integer sequence, got {describe(t)}")
     return t.to(torch.int64)
+
+
+def check_labels(labels, batch: int, num_classes: int, values: bool = True):
+    """Class labels [batch], int64, in [0, num_classes] (num_classes: no class). values=False
+    skips the range check, whose host sync a GPU training step avoids."""
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
+        raise ValueError(f"labels must be an int64 tensor [{batch}], got {describe(labels)}")
+    if tuple(labels.shape) != (batch,):
+        raise ValueError(f"labels must have shape [{batch}] (one per image), got {list(labels.shape)}")
+    if values and not bool(((labels >= 0) & (labels <= num_classes)).all()):
+        raise ValueError(f"labels must lie in [0, {num_classes}] ({num_classes}: no class), got "
+                         f"{labels.min().item()}..{labels.max().item()}")
 
 
 def check_noise(noise, batch: int, values: bool = True):

@@ -102,6 +102,13 @@ def test_forward_and_gradients(dtype, n, d, ragged):
     check_against_reference(lambda *x: attention(*x, key_lengths=kl), 2, 2, n, d, dtype, key_lengths=kl)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_class_conditional_decoder_length(dtype):
+    """N = 258, the class-conditional decoder's 257 slots and its label token: even, not a
+    power of two, past a 128-row block boundary by two, at MAGE-B's decoder head dim."""
+    check_against_reference(lambda *x: attention(*x), 2, 2, 258, 48, dtype)
+
+
 @pytest.mark.parametrize("d", [32, 80, 96, 128])
 def test_other_head_dims(d):
     kl = key_lengths_for(2, 129)

@@ -62,6 +62,62 @@ def test_loss_and_every_gradient_match_the_reference(pair, images, ratio):
         assert rel_err(p.grad, q.grad) < 1e-4, name
 
 
+@pytest.fixture(scope="module")
+def conditional_pair(pair):
+    """pair's weights in class-conditional models (3 classes), the label parameters fresh."""
+    ours, _ = pair
+    models = (fast.mage_vit_tiny_test(class_conditional=True, num_classes=3).eval(),
+              reference_tiny(class_conditional=True, num_classes=3).eval())
+    for model in models:
+        assert model.load_state_dict(ours.state_dict(), strict=False).missing_keys == ["class_pos_embed",
+                                                                                        "class_emb.weight"]
+    with torch.no_grad():  # labels that matter: embeddings of the size of the decoder's other inputs
+        models[0].class_emb.weight.normal_(generator=torch.Generator().manual_seed(5))
+    models[1].load_state_dict(models[0].state_dict())
+    return models
+
+
+@pytest.mark.parametrize("ratio", [0.6, 1.0])
+def test_class_conditional_loss_and_every_gradient_match_the_reference(conditional_pair, images, ratio):
+    """The label token (slot 257: the decoder's attention over 258 rows in the kernel), "no
+    class" (3) among the labels; the label parameters' gradients included."""
+    ours, ref = conditional_pair
+    noise = torch.rand(2, 256, generator=torch.Generator().manual_seed(int(ratio * 100) + 1))
+    labels = torch.tensor([1, 3])
+    losses = []
+    for model in (ours, ref):
+        model.zero_grad(set_to_none=True)
+        loss = model(images, mask_ratio=ratio, noise=noise, labels=labels)
+        loss.backward()
+        losses.append(loss)
+    assert rel_err(losses[0], losses[1]) < 1e-5
+    theirs = dict(ref.named_parameters())
+    for name in ("class_emb.weight", "class_pos_embed"):
+        assert theirs[name].grad.abs().sum() > 0, name
+    for name, p in ours.named_parameters():
+        q = theirs[name]
+        if q.grad is None or not q.grad.abs().sum():
+            assert p.grad is None or not p.grad.abs().sum(), name
+            continue
+        assert rel_err(p.grad, q.grad) < 1e-4, name
+    other = ours(images, mask_ratio=ratio, noise=noise, labels=torch.tensor([0, 3]))
+    assert not torch.equal(other, losses[0])        # the label reaches the loss
+
+
+def test_class_conditional_generation_matches_the_reference(conditional_pair, images):
+    """The guided logits (both passes in one batch) against the reference's, as the
+    unconditional logits are compared; the guided generation (linear schedule) of the fast
+    module is the sampler's."""
+    ours, ref = conditional_pair
+    ids = ref.tokenize(images)
+    ids[:, ::3] = MASK_ID
+    labels = torch.tensor([2, 0])
+    with torch.no_grad():
+        assert rel_err(ours.guided_logits(ids, labels, 1.5), ref.guided_logits(ids, labels, 1.5)) < 1e-5
+    kwargs = dict(num_iter=2, guidance_scale=2.0, guidance_schedule="linear")
+    assert torch.equal(ours.generate([4], labels=[2], **kwargs), Sampler(ours, **kwargs).generate([4], [2]))
+
+
 def test_ids_entry_is_the_images_entry_without_the_tokenizer(pair, images):
     """ours(tokens=ours.tokenize(images)) is ours(images), loss and every gradient (the same
     ids, then the same computation; the reference's: test_reference_api); int16 ids, as
@@ -244,14 +300,20 @@ def test_fp32_and_bf16_match_the_reference(size, device):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("input", ["images", "tokens"])
+@pytest.mark.parametrize("input", ["images", "tokens", "class-conditional"])
 def test_training_step_has_no_host_sync_and_captures_in_a_graph(input):
-    """From images, and from int16 ids as `train --tokens` feeds them."""
+    """From images, from int16 ids as `train --tokens` feeds them, and class-conditional from
+    ids with labels over a frozen encoder."""
     torch.manual_seed(0)
-    model = fast.mage_vit_base_patch16().cuda().train()
+    conditional = input == "class-conditional"
+    model = fast.mage_vit_base_patch16(class_conditional=conditional).cuda().train()
+    if conditional:
+        model.freeze_encoder()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, capturable=True)
     batch = {"images": torch.rand(16, 3, 256, 256, device="cuda")} if input == "images" else \
         {"tokens": torch.randint(0, 1024, (16, 256), dtype=torch.int16, device="cuda")}
+    if conditional:
+        batch["labels"] = torch.randint(0, 1001, (16,), device="cuda")
 
     def step():
         opt.zero_grad(set_to_none=False)

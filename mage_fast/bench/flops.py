@@ -41,9 +41,19 @@ def train_flops_per_image(cfg: MAGEConfig, tokenizer: bool = True) -> float:
     return 3 * flops_per_image(cfg, SEQ_LEN - NUM_TOKENS // 2) + (tokenizer_flops(cfg) if tokenizer else 0.0)
 
 
-def sample_flops_per_image(cfg: MAGEConfig, num_iter: int) -> float:
-    """num_iter forwards over all 257 tokens, then one VQGAN decode."""
+def sample_flops_per_image(cfg: MAGEConfig, num_iter: int, guided: bool = False) -> float:
+    """num_iter forwards over all 257 tokens, then one VQGAN decode. guided: two forwards per
+    step (conditional and unconditional), the decoder over 258 tokens (the label's)."""
+    if guided:
+        return 2 * num_iter * flops_per_image(cfg, SEQ_LEN, SEQ_LEN + 1) + detokenizer_flops(cfg)
     return num_iter * flops_per_image(cfg, SEQ_LEN) + detokenizer_flops(cfg)
+
+
+def class_conditional_train_flops(cfg: MAGEConfig) -> float:
+    """A class-conditional step from token ids over a frozen encoder: the encoder's forward on
+    the 129 kept tokens only, fwd + bwd (3x) of the rest, the decoder over 258 tokens."""
+    kept = SEQ_LEN - NUM_TOKENS // 2
+    return 3 * flops_per_image(cfg, kept, SEQ_LEN + 1) - 2 * blocks_flops(cfg.depth, cfg.embed_dim, kept, cfg.mlp_ratio)
 
 
 def finetune_flops_per_image(cfg: MAGEConfig, num_classes: int) -> float:

@@ -1,6 +1,7 @@
 """The whole-model workloads `mage-fast bench` times side by side in one run: a training step
-from images (tokenizer, forward, backward, AdamW) and from cached token ids (no tokenizer), the
-tokenizer alone, a fine-tuning step and image generation (T steps and the VQGAN decode)."""
+from images (tokenizer, forward, backward, AdamW) and from cached token ids (no tokenizer), a
+class-conditional step over a frozen encoder, the tokenizer alone, a fine-tuning step and image
+generation (T steps and the VQGAN decode), unguided and guided."""
 import gc
 import itertools
 import logging
@@ -19,7 +20,13 @@ from ..recognition.classifier import build_classifier
 from ..training.optim import build_optimizer, freeze_unused
 from ..validation import PRECISIONS, default_precision, precision_name
 from .baselines import official_generate
-from .flops import finetune_flops_per_image, sample_flops_per_image, tokenizer_flops, train_flops_per_image
+from .flops import (
+    class_conditional_train_flops,
+    finetune_flops_per_image,
+    sample_flops_per_image,
+    tokenizer_flops,
+    train_flops_per_image,
+)
 from .measure import time_ms
 
 log = logging.getLogger(__name__)
@@ -105,10 +112,10 @@ def _train_step(model, dtype, capturable=False, input="images"):
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     device = model.mlm_layer.bias.device
 
-    def step(batch, mask_ratio=None):
+    def step(batch, mask_ratio=None, **labels):
         opt.zero_grad(set_to_none=not capturable)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model(**{input: batch}, mask_ratio=mask_ratio)
+            loss = model(**{input: batch}, mask_ratio=mask_ratio, **labels)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
@@ -167,6 +174,50 @@ def _train_case(workload, label, model_name, impl, dtype, graph, input, inputs, 
         ratios = torch.Generator().manual_seed(0)
         fn = lambda: step(next(batches), model.sample_mask_ratio(ratios))  # noqa: E731
     return _measure(workload, label, len(inputs[0]), fn, flops, device, warmup, repeats, baseline, baseline_workload)
+
+
+CLASS_CONDITIONAL = "train class-conditional"
+
+
+def class_conditional_workloads(model_name: str, batch: int, device: torch.device, warmup: int, repeats: int,
+                                dtype: torch.dtype = None) -> List[Result]:
+    """The class-conditional training step as `train --tokens --class-conditional` runs it:
+    int16 ids and labels (label dropout drawn by the loader), the encoder frozen (forward under
+    no_grad, out of the optimizer), the decoder over 258 tokens; the fast module under `dtype`
+    autocast, eager and, on CUDA, captured in a CUDA graph. Each speed-up is over the same
+    unconditional step from ids (train_workloads' row: same module, batch and precision)."""
+    dtype = dtype or PRECISIONS[default_precision(device.type)]
+    g = torch.Generator().manual_seed(0)
+    inputs = [(torch.randint(0, CONFIGS[model_name].vqgan.codebook_size, (batch, 256), generator=g).to(torch.int16),
+               torch.randint(0, 1001, (batch,), generator=g)) for _ in range(ROTATE)]
+    inputs = [(ids.to(device), labels.to(device)) for ids, labels in inputs]
+    label = f"fast {precision_name(dtype)}"
+    cases = [(label, False)] + ([(f"{label} + CUDA graph", True)] if device.type == "cuda" else [])
+    results = [_largest_batch_that_fits(case, batch, device, lambda b: _class_conditional_case(
+        case, model_name, dtype, graph, [(ids[:b], labels[:b]) for ids, labels in inputs], device, warmup, repeats))
+        for case, graph in cases]
+    _release()
+    return results
+
+
+def _class_conditional_case(label, model_name, dtype, graph, inputs, device, warmup, repeats):
+    """As _train_case, with labels, the model class-conditional and its encoder frozen."""
+    model = build_model(model_name, "fast", class_conditional=True).to(device).train()
+    model.freeze_encoder()
+    step = _train_step(model, dtype, capturable=graph, input="tokens")
+    batches = itertools.cycle(inputs)
+    if graph:
+        ids, labels = (t.clone() for t in inputs[0])
+        replay = capture(lambda: step(ids, labels=labels))[0].replay
+        fn = lambda: ([s.copy_(t) for s, t in zip((ids, labels), next(batches))], replay())  # noqa: E731
+    else:
+        ratios = torch.Generator().manual_seed(0)
+
+        def fn():
+            ids, labels = next(batches)
+            return step(ids, model.sample_mask_ratio(ratios), labels=labels)
+    return _measure(CLASS_CONDITIONAL, label, len(inputs[0][0]), fn, class_conditional_train_flops(CONFIGS[model_name]),
+                    device, warmup, repeats, label, FROM_TOKENS)
 
 
 def tokenize_workload(model_name: str, batch: int, device: torch.device, warmup: int, repeats: int,
@@ -302,3 +353,36 @@ def sample_workloads(model_name: str, batch: Optional[int], num_iter: int, devic
     fast = sampler = None
     _release()
     return results
+
+
+def guided_sample_workloads(model_name: str, batch: Optional[int], num_iter: int, device: torch.device,
+                            warmup: int, repeats: int, temperature: float = 4.5, guidance_scale: float = 3.0,
+                            dtype: torch.dtype = None) -> List[Result]:
+    """Class-conditional generation with guidance (both passes in one batch, in the CUDA graph
+    on a GPU) by the fast sampler, at `batch` (None: the largest whose graph fits; 1 on CPU);
+    its speed-up is over the unguided fast sampler's row of sample_workloads (the same T and
+    precision). Image i of a call is of class i mod 1000; each call draws new images."""
+    from ..sampler import Sampler, max_batch
+    dtype = dtype or PRECISIONS[default_precision(device.type)]
+    _fresh(device)
+    model = build_model(model_name, "fast", class_conditional=True).to(device).eval()
+    sampler = Sampler(model, num_iter, temperature, dtype, guidance_scale=guidance_scale)
+    if batch is None:
+        batch = max_batch(sampler) if device.type == "cuda" else 1
+    label = f"fast sampler {precision_name(dtype)}" + (" + CUDA graph" if sampler.use_graphs else "")
+    flops = sample_flops_per_image(CONFIGS[model_name], num_iter, guided=True)
+
+    def case(b):
+        calls = itertools.count()
+
+        def fn():
+            seeds = torch.arange(b) + next(calls) * b
+            return sampler.sample(seeds, seeds % 1000)
+        try:
+            return _measure(f"sample T={num_iter} guided", label, b, fn, flops, device, warmup, repeats, label,
+                            f"sample T={num_iter}")
+        finally:
+            sampler.clear_graphs()
+    result = _largest_batch_that_fits(label, batch, device, case)
+    _release()
+    return [result]

@@ -72,7 +72,9 @@ def run(args):
     from ..bench.workloads import (
         COLUMNS,
         as_rows,
+        class_conditional_workloads,
         finetune_workloads,
+        guided_sample_workloads,
         sample_workloads,
         tokenize_workload,
         train_workloads,
@@ -92,12 +94,15 @@ def run(args):
     batch = args.batch or (256 if cuda else 2)
     if args.what in ("train", "all"):
         results += train_workloads(model, batch, device, args.warmup, args.repeats, dtype)
+        results += class_conditional_workloads(model, batch, device, args.warmup, args.repeats, dtype)
         results.append(tokenize_workload(model, batch, device, args.warmup, args.repeats, dtype))
     if args.what in ("finetune", "all"):
         results += finetune_workloads(model, batch, device, args.warmup, args.repeats, dtype)
     if args.what in ("sample", "all"):
         results += sample_workloads(model, args.sample_batch, args.num_iter, device, args.warmup, args.repeats,
                                     dtype=dtype)
+        results += guided_sample_workloads(model, args.sample_batch, args.num_iter, device, args.warmup,
+                                           args.repeats, dtype=dtype)
     rows = as_rows(results, peak)
     if args.what in ("kernels", "all"):
         with tempfile.TemporaryDirectory() as tmp:

@@ -5,6 +5,11 @@ with a linear warm-up then a half-cycle cosine per iteration, gradient clipping,
 precision, RandomResizedCrop(256, 0.2-1) + flip (from a cache: each epoch, one of the K crops
 it holds per image). The tokenizer stays frozen.
 
+--class-conditional trains a class-conditional MAGE: a label token joins the decoder's input,
+labels from the class subfolders (or the cache's index). Start it from an unconditional
+checkpoint (--ckpt): the encoder stays frozen (--train-encoder to train it too) and the decoder
+learns the labels, each dropped to "no class" with probability --label-drop for guidance.
+
 OUT/checkpoint-last.pth is rewritten atomically every --save-every steps, at each epoch end
 and at the stop; OUT/checkpoint-<epoch>.pth is kept every --keep-every epochs. Both are in the
 official format. A run started again with the same OUT continues at the exact step it stopped
@@ -26,8 +31,8 @@ def register(sub):
     def setting(name, help, **kwargs):
         add_setting(p, TrainConfig, name, help, **kwargs)
     data = p.add_mutually_exclusive_group(required=True)
-    add_setting(data, TrainConfig, "data", "image folder: class subfolders or images directly inside (labels are not "
-                "used)", metavar="DIR")
+    add_setting(data, TrainConfig, "data", "image folder: class subfolders or images directly inside (labels are used "
+                "only by --class-conditional)", metavar="DIR")
     add_setting(data, TrainConfig, "tokens", "token cache of `mage-fast tokenize`: each step reads the ids of one of "
                 "its K views per image and runs no tokenizer. Its tokenizer weights must be this run's (--ckpt, "
                 "--vqgan-ckpt or the resumed checkpoint)", metavar="CACHE")
@@ -57,6 +62,11 @@ def register(sub):
     setting("log_every", "log the loss every N steps (default: %(default)s)")
     setting("device", "cuda or cpu (default: cuda if available; under torchrun each process takes the GPU of "
                       "its local rank)")
+    setting("class_conditional", "train a class-conditional model (labels from the class subfolders, at least two); "
+                                 "with --ckpt an unconditional checkpoint, its label token starts fresh")
+    setting("num_classes", "classes of the label embedding (default: the data's number of classes)")
+    setting("label_drop", "probability that a label becomes 'no class', for guidance (default: %(default)s)")
+    setting("train_encoder", "also train the encoder (default: frozen, only the decoder and the labels train)")
     p.set_defaults(func=run)
 
 

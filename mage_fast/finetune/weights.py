@@ -71,7 +71,8 @@ def load_pretrained(model: MAGEClassifier, ckpt: str, vqgan_ckpt: Optional[str] 
         raise ValueError(f"{ckpt} lacks {len(missing)} tensors the classifier needs: {shown}{hint}")
     with torch.no_grad():
         nn.init.trunc_normal_(model.head.weight, std=HEAD_INIT_STD, generator=torch.Generator().manual_seed(seed))
-    return PretrainedReport(report.missing, report.unexpected, report.loaded, dropped, interpolated)
+    return PretrainedReport(report.missing, report.unexpected, report.loaded, dropped=dropped,
+                            interpolated=interpolated)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,11 @@
 
 It is the oracle every fast path is tested against, so it favours clarity over speed. Its
 state_dict has exactly the official keys (the tokenizer under `vqgan.*`, the unused
-parameters included), so official checkpoints load with strict=True.
+parameters included), so official checkpoints load with strict=True. A class-conditional model
+(class_conditional=True) adds two keys, CLASS_KEYS, for the label token of its decoder
+(docs/mage.md#class-conditional-generation).
 """
+import contextlib
 import dataclasses
 import functools
 import math
@@ -24,10 +27,31 @@ from ..configs import (
     MAGEConfig,
     VQGANConfig,
 )
-from ..validation import check_decoding, check_ids, check_images, check_noise, check_seeds
+from ..validation import check_decoding, check_guidance, check_ids, check_images, check_labels, check_noise, check_seeds
 from .decoding import decoding_step
 from .layers import Attention, BertEmbeddings, Block, MlmLayer, PatchEmbed, label_smoothed_nll, sincos_pos_embed
 from .vqgan import VQGAN
+
+# The parameters a class-conditional model adds: the label embedding (num_classes + 1 rows, the
+# last "no class") and the label token's position vector; the token sits after the 257 slots.
+CLASS_KEYS = ("class_emb.weight", "class_pos_embed")
+# The parameters of the encoder, which class-conditional training keeps frozen by default.
+ENCODER = ("token_emb.", "blocks.", "norm.")
+# The seed of the class parameters' initial values: the same whatever the global RNG.
+CLASS_INIT_SEED = 0
+
+
+def guidance_at(scale: float, schedule: str, step: int, num_iter: int) -> float:
+    """The guidance scale of decoding step `step` (0 .. num_iter - 1): `scale` at every step
+    ("constant"), or rising linearly to it, scale * (step + 1) / num_iter ("linear")."""
+    check_guidance(scale, schedule)
+    return scale if schedule == "constant" else scale * (step + 1) / num_iter
+
+
+def drop_labels(labels: torch.Tensor, uniforms: torch.Tensor, label_drop: float, num_classes: int) -> torch.Tensor:
+    """Label dropout: each label becomes num_classes ("no class") where its uniform in [0, 1) is
+    below label_drop. The caller draws the uniforms (training: from the run's seed and counters)."""
+    return torch.where(uniforms < label_drop, num_classes, labels)
 
 
 # ---------------------------------------------------------------- the official drop/mask steps
@@ -84,7 +108,8 @@ class MAGE(nn.Module):
     def __init__(self, embed_dim=1024, depth=24, num_heads=16,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
                  mask_ratio_min=0.5, mask_ratio_max=1.0, mask_ratio_mu=0.55, mask_ratio_std=0.25,
-                 dropout=0.1, vqgan: VQGANConfig = VQGANConfig(), img_size=256, patch_size=16, in_chans=3):
+                 dropout=0.1, vqgan: VQGANConfig = VQGANConfig(), img_size=256, patch_size=16, in_chans=3,
+                 class_conditional: bool = False, num_classes: int = 1000):
         super().__init__()
         if not 0.0 <= mask_ratio_min <= mask_ratio_max <= 1.0:
             raise ValueError(f"need 0 <= mask_ratio_min <= mask_ratio_max <= 1, got {mask_ratio_min}, {mask_ratio_max}")
@@ -115,6 +140,17 @@ class MAGE(nn.Module):
             for _ in range(decoder_depth))
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
         self.mlm_layer = MlmLayer(decoder_embed_dim, embed_dim, VOCAB_SIZE)
+
+        self.class_conditional, self.num_classes = class_conditional, num_classes if class_conditional else 0
+        self.encoder_frozen = False
+        if class_conditional:
+            if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+                raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+            # _weight: no draw from the global RNG here, so the other weights do not depend on
+            # whether the model is class-conditional; init_class_parameters sets them.
+            self.class_emb = nn.Embedding(num_classes + 1, decoder_embed_dim,
+                                          _weight=torch.empty(num_classes + 1, decoder_embed_dim))
+            self.class_pos_embed = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self._init_weights()
 
     @classmethod
@@ -138,6 +174,54 @@ class MAGE(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if self.class_conditional:
+            self.init_class_parameters()
+
+    @torch.no_grad()
+    def init_class_parameters(self):
+        """The label embedding and its position vector: trunc-normal(0.02) from CLASS_INIT_SEED,
+        as a checkpoint without them (an unconditional one) leaves them."""
+        g = torch.Generator().manual_seed(CLASS_INIT_SEED)
+        for p in (self.class_emb.weight, self.class_pos_embed):
+            p.copy_(nn.init.trunc_normal_(torch.empty(p.shape), std=0.02, generator=g))
+
+    @property
+    def class_keys(self):
+        """The state_dict keys a checkpoint may lack, being initialised here: CLASS_KEYS on a
+        class-conditional model (an unconditional checkpoint is its start), none otherwise."""
+        return CLASS_KEYS if self.class_conditional else ()
+
+    def freeze_encoder(self):
+        """Class-conditional training over a pretrained encoder: the encoder's parameters (the
+        token embedding, blocks and final norm) get no gradient, and the training forward runs
+        them under no_grad."""
+        for name, p in self.named_parameters():
+            if name.startswith(ENCODER):
+                p.requires_grad_(False)
+        self.encoder_frozen = True
+
+    def _encoder_grad(self):
+        """The context of the encoder's part of a training forward: no_grad when it is frozen."""
+        return torch.no_grad() if self.encoder_frozen else contextlib.nullcontext()
+
+    def _check_labels(self, labels, batch: int, device=None):
+        """labels [batch] int64 in [0, num_classes] (num_classes: no class) on a class-conditional
+        model, which needs them, moved to `device`; none on an unconditional one. Their values
+        are checked where that is free (_checks_values)."""
+        if not self.class_conditional:
+            if labels is not None:
+                raise ValueError("labels were given to a model that is not class-conditional "
+                                 "(build it with class_conditional=True)")
+            return None
+        if labels is None:
+            raise ValueError(f"a class-conditional model needs labels: int64 [B] in [0, {self.num_classes}] "
+                             f"({self.num_classes}: no class)")
+        check_labels(labels, batch, self.num_classes, values=self._checks_values(labels))
+        return labels.to(device) if device is not None else labels
+
+    def _label_token(self, labels):
+        """The decoder's label token [B, 1, Dd]: the label's embedding plus its own position."""
+        return self.class_emb(labels).unsqueeze(1) + self.class_pos_embed
 
     # ---------------------------------------------------------------- tokenizer
     @torch.no_grad()
@@ -166,29 +250,43 @@ class MAGE(nn.Module):
             x = block(x)
         return self.norm(x) if final_norm else x
 
-    def _decode(self, x, keep, masked):
+    def _decode(self, x, keep, masked, labels=None):
         """Decoder over all 257 slots -> logits [B, 257, 2025]. Every slot starts as the class
         token's decoder embedding, the kept encoder outputs go back to their positions (keep=None:
         nothing was dropped), and every masked position (dropped or not) is overwritten with the
-        class token again."""
+        class token again. A class-conditional model appends its label token (slot 257), which
+        the decoder attends to and the head never reads."""
         x = restore_slots(self.decoder_embed(x), keep, masked) + self.decoder_pos_embed_learned
+        if labels is not None:
+            x = torch.cat([x, self._label_token(labels)], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
-        x = self.decoder_norm(x)
+        x = self.decoder_norm(x[:, :SEQ_LEN])
         # The head is tied to the word embeddings but detached: no gradient through this use.
         return self.mlm_layer(x, self.token_emb.word_embeddings.weight.detach())
 
-    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+    def logits(self, ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One generation step's forward: ids [B, 256] (MASK_ID where unknown) -> logits over
-        the codebook [B, 256, 1024]. Nothing is dropped; masked positions are those == MASK_ID."""
+        the codebook [B, 256, 1024]. Nothing is dropped; masked positions are those == MASK_ID.
+        A class-conditional model takes labels [B] (num_classes: no class)."""
         check_ids(ids, allow_mask=True)
-        return self.logits_unchecked(ids)
+        return self.logits_unchecked(ids, self._check_labels(labels, ids.shape[0], ids.device))
 
-    def logits_unchecked(self, ids: torch.Tensor) -> torch.Tensor:
-        """logits() without the input check, whose host sync would break CUDA-graph capture."""
+    def logits_unchecked(self, ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """logits() without the input checks, whose host sync would break CUDA-graph capture."""
         tokens = with_class_token(ids)
         x = self._encode(tokens)
-        return self._decode(x, None, tokens == MASK_ID)[:, 1:, : self.config.vqgan.codebook_size]
+        return self._decode(x, None, tokens == MASK_ID, labels)[:, 1:, : self.config.vqgan.codebook_size]
+
+    def guided_logits(self, ids: torch.Tensor, labels: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+        """Classifier-free guidance as MUSE forms it: (1 + scale) x the logits given `labels` -
+        scale x those given no class, both passes in one batch of 2B (fp32). scale 0: the
+        conditional logits alone (no second pass); an unconditional model: its logits."""
+        if scale == 0:  # an unconditional model's call is logits_unchecked(ids), as before labels existed
+            return self.logits_unchecked(ids) if labels is None else self.logits_unchecked(ids, labels)
+        none = torch.full_like(labels, self.num_classes)
+        cond, uncond = self.logits_unchecked(ids.repeat(2, 1), torch.cat([labels, none])).float().chunk(2)
+        return (1 + scale) * cond - scale * uncond
 
     @torch.no_grad()
     def features(self, images: torch.Tensor, pool: str = "avg") -> torch.Tensor:
@@ -259,12 +357,15 @@ class MAGE(nn.Module):
             return self._tokenize(images)
 
     def forward(self, images: Optional[torch.Tensor] = None, mask_ratio: Optional[float] = None,
-                noise: Optional[torch.Tensor] = None, *, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+                noise: Optional[torch.Tensor] = None, *, tokens: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Training loss on images, or on their codebook ids given as `tokens` (then no
         tokenizer runs; tokens=model.tokenize(images) gives the loss of images). Given
         mask_ratio and noise ([B, 256] in [0, 1)) this is the official forward exactly;
-        otherwise both are drawn as the official code draws them."""
+        otherwise both are drawn as the official code draws them. A class-conditional model
+        takes labels [B] in [0, num_classes], label dropout already applied (drop_labels)."""
         gt = self._training_ids(images, tokens)
+        labels = self._check_labels(labels, gt.shape[0], gt.device)
         if mask_ratio is None:
             mask_ratio = self.sample_mask_ratio()
         if not self.mask_ratio_min <= mask_ratio <= 1.0:
@@ -276,7 +377,9 @@ class MAGE(nn.Module):
             dropped, masked = self.masks_from_noise(noise.to(gt.device), mask_ratio)
 
         keep, masked = slot_sets(dropped, masked)
-        logits = self._decode(self._encode(masked_tokens(gt, masked), keep), keep, masked)
+        with self._encoder_grad():
+            x = self._encode(masked_tokens(gt, masked), keep)
+        logits = self._decode(x, keep, masked, labels)
 
         codebook = self.config.vqgan.codebook_size
         loss = label_smoothed_nll(logits[:, 1:, :codebook].reshape(-1, codebook), gt.reshape(-1))
@@ -284,21 +387,38 @@ class MAGE(nn.Module):
         return (loss * weight).sum() / weight.sum()
 
     # ---------------------------------------------------------------- generation
+    def check_generation(self, seeds, labels, guidance_scale: float, guidance_schedule: str):
+        """(seeds, labels) of a generation as int64 tensors, checked: labels (one per seed) on
+        a class-conditional model only, guidance only with labels."""
+        seeds = check_seeds(seeds)
+        check_guidance(guidance_scale, guidance_schedule)
+        if labels is not None and not isinstance(labels, torch.Tensor):
+            labels = torch.as_tensor(labels)
+        if guidance_scale and not self.class_conditional:
+            raise ValueError("guidance_scale needs a class-conditional model")
+        return seeds, self._check_labels(labels, seeds.shape[0])
+
     @torch.no_grad()
     def generate(self, seeds: Union[Sequence[int], torch.Tensor], num_iter: int = 12,
-                 choice_temperature: float = 4.5) -> torch.Tensor:
+                 choice_temperature: float = 4.5, labels: Optional[Union[Sequence[int], torch.Tensor]] = None,
+                 guidance_scale: float = 0.0, guidance_schedule: str = "constant") -> torch.Tensor:
         """Iterative decoding from all-masked tokens: one seed per image -> ids [B, 256].
-        Runs in eval mode (no dropout) and restores the module's mode afterwards."""
-        seeds = check_seeds(seeds)
+        A class-conditional model takes one label per seed (num_classes: no class) and, with
+        guidance_scale s > 0, guides each step's logits: (1 + s_t) x conditional - s_t x
+        unconditional, s_t from guidance_at. Runs in eval mode (no dropout) and restores the
+        module's mode afterwards."""
+        seeds, labels = self.check_generation(seeds, labels, guidance_scale, guidance_schedule)
         check_decoding(num_iter, choice_temperature)
         device = self.token_emb.word_embeddings.weight.device
         seeds = seeds.to(device)
+        labels = labels.to(device) if labels is not None else None
         ids = torch.full((seeds.shape[0], NUM_TOKENS), MASK_ID, dtype=torch.long, device=device)
         was_training = self.training
         self.eval()
         try:
             for step in range(num_iter):
-                ids, filled = self.decoding_step(self.logits_unchecked(ids), ids, seeds, step, num_iter,
+                scale = guidance_at(guidance_scale, guidance_schedule, step, num_iter)
+                ids, filled = self.decoding_step(self.guided_logits(ids, labels, scale), ids, seeds, step, num_iter,
                                                  choice_temperature)
         finally:
             self.train(was_training)

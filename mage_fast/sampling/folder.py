@@ -24,6 +24,13 @@ def image_seed(run_seed, index):
     return (run_seed << 32) + index
 
 
+def image_label(classes, images_per_class, index):
+    """The class of image `index` of a class-conditional run: classes[index // images_per_class],
+    a function of the index alone, like its seed (indices past the run, which pad its last
+    batch, wrap around)."""
+    return classes[index // images_per_class % len(classes)]
+
+
 def npz_path(out):
     return out.rstrip("/") + ".npz"
 
@@ -39,16 +46,23 @@ def remove_leftovers(out):
         os.remove(path)
 
 
-def manifest(config, batch, device):
+def manifest(config, batch, device, classes=None, num_classes=None):
     """The settings that decide the images, the machine's included: a GPU model or a build
-    other than the run's may round differently."""
+    other than the run's may round differently. A class-conditional run (`classes`, of the
+    model's `num_classes`) adds the rule of its labels and its guidance."""
     from ..backends import backend_report
     path = lambda p: os.path.abspath(p) if p else None  # noqa: E731
-    return {"model": config.model, "impl": config.impl, "ckpt": path(config.ckpt),
-            "vqgan_ckpt": path(config.vqgan_ckpt), "num_iter": config.num_iter, "temperature": config.temperature,
-            "seed": config.seed, "dtype": config.dtype, "batch_size": batch,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "backends": {op: r["implementation"] for op, r in backend_report(device.type).items()}}
+    now = {"model": config.model, "impl": config.impl, "ckpt": path(config.ckpt),
+           "vqgan_ckpt": path(config.vqgan_ckpt), "num_iter": config.num_iter, "temperature": config.temperature,
+           "seed": config.seed, "dtype": config.dtype, "batch_size": batch,
+           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "backends": {op: r["implementation"] for op, r in backend_report(device.type).items()}}
+    if classes is not None:
+        now["class_conditional"] = {"num_classes": num_classes, "classes": classes,
+                                    "images_per_class": config.per_class(), "label": "classes[i // images_per_class]",
+                                    "guidance_scale": config.guidance_scale,
+                                    "guidance_schedule": config.guidance_schedule}
+    return now
 
 
 def previous_manifest(out):

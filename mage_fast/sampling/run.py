@@ -13,6 +13,7 @@ from ..sampler import Sampler, max_batch
 from ..validation import PRECISIONS
 from .config import SampleConfig
 from .folder import (
+    image_label,
     image_path,
     image_seed,
     manifest,
@@ -42,6 +43,8 @@ def _batch_size(config, sampler, before, ctx) -> int:
 def _check_resume(config, before, now, ctx):
     """A run OUT holds must have been made with the same settings."""
     diff = {k: (before[k], now[k]) for k in before.keys() & now.keys() if before[k] != now[k]}
+    # a setting only the folder's run has (class-conditional sampling) is one this run lacks
+    diff.update({k: (before[k], None) for k in before.keys() - now.keys()})
     if diff:
         raise ValueError(f"{config.out} holds a run with other settings {diff} (before, now): use another out "
                          "folder, or the same settings to resume")
@@ -52,7 +55,8 @@ def _check_resume(config, before, now, ctx):
 
 def sample(config: SampleConfig, ctx: Optional[distributed.Dist] = None) -> int:
     """Generate the images of `config` that its folder lacks: image i from seed
-    (config.seed << 32) + i, written to OUT/{i:06d}.png atomically, so a killed run resumes
+    (config.seed << 32) + i (class-conditional: of class classes[i // images_per_class]),
+    written to OUT/{i:06d}.png atomically, so a killed run resumes
     where it stopped, and OUT.npz at the end if config.npz. The settings are pinned in
     OUT/manifest.json, and a resume with others is refused. Without `ctx`, the process joins
     the torchrun group if it runs under torchrun, and otherwise samples alone on
@@ -62,21 +66,29 @@ def sample(config: SampleConfig, ctx: Optional[distributed.Dist] = None) -> int:
     os.makedirs(config.out, exist_ok=True)
     if ctx.is_main:
         remove_leftovers(config.out)
-    sampler = Sampler(config.load(ctx.device), config.num_iter, config.temperature, PRECISIONS[config.dtype],
-                      cuda_graphs=config.cuda_graphs)
+    model = config.load(ctx.device, config.class_conditional)
+    classes = config.class_list(model.num_classes)
+    sampler = Sampler(model, config.num_iter, config.temperature, PRECISIONS[config.dtype],
+                      cuda_graphs=config.cuda_graphs, guidance_scale=config.guidance_scale,
+                      guidance_schedule=config.guidance_schedule)
     before = previous_manifest(config.out)
     batch = _batch_size(config, sampler, before, ctx)
-    now = manifest(config, batch, ctx.device)
+    now = manifest(config, batch, ctx.device, classes, model.num_classes)
     if before:  # every rank checks, so none waits at a barrier for a failed one
         _check_resume(config, before, now, ctx)
     if ctx.is_main:
         if not before:
             write_manifest(config.out, now)
-        print(f"batch size {batch}, {config.num_images} images, {config.num_iter} steps, "
+        guided = (f", {len(classes)} classes x {config.per_class()}, guidance {config.guidance_scale} "
+                  f"({config.guidance_schedule})") if classes else ""
+        print(f"batch size {batch}, {config.image_count(classes)} images{guided}, {config.num_iter} steps, "
               f"temperature {config.temperature}, {config.dtype}, {ctx.world_size} process(es)")
     ctx.barrier()
 
-    n = config.num_images
+    n = config.image_count(classes)
+
+    def labels_of(indices):  # a function of the image index, like the seed
+        return [image_label(classes, config.per_class(), i) for i in indices] if classes else None
     todo = [k for k in range(ctx.rank, -(-n // batch), ctx.world_size)
             if not all(os.path.exists(image_path(config.out, i)) for i in range(k * batch, min((k + 1) * batch, n)))]
     made, start = 0, time.perf_counter()
@@ -86,7 +98,8 @@ def sample(config: SampleConfig, ctx: Optional[distributed.Dist] = None) -> int:
         pending = []
         for k in todo:
             # the last batch is padded with seeds past num_images: every batch has the same shape
-            images = sampler.sample([image_seed(config.seed, k * batch + j) for j in range(batch)]).cpu().numpy()
+            indices = range(k * batch, (k + 1) * batch)
+            images = sampler.sample([image_seed(config.seed, i) for i in indices], labels_of(indices)).cpu().numpy()
             count = min(batch, n - k * batch)
             pending += [pool.submit(write_png_atomic, image_path(config.out, k * batch + j), images[j])
                         for j in range(count)]

@@ -4,7 +4,8 @@ No random draw of a step comes from a process's RNG state: each is seeded by (se
 counters): the data order by the epoch, an image's crop and flip by (epoch, image) (from a
 token cache: which of its views by (epoch, image), a view's crop by (image, view)), the mask
 ratio by the global micro-batch, the noise that picks the dropped and masked tokens by
-(micro-batch, row of the global micro-batch), and dropout by (micro-batch, rank). Hence
+(micro-batch, row of the global micro-batch), a class-conditional run's label dropout by
+(micro-batch, row) too, and dropout by (micro-batch, rank). Hence
 - a resumed run continues the exact sequence of an uninterrupted one, with no RNG state to
   save, whatever the number of DataLoader workers;
 - a global batch does not depend on how it is split: rank r of W takes rows [r*b, (r+1)*b)
@@ -14,18 +15,19 @@ The order is DistributedSampler's contract: a fresh permutation of the images ev
 each image at most once per epoch, the tail that does not fill a step dropped.
 """
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..configs import NUM_TOKENS
 from ..data import ImageFolder, TrainTransform
+from ..reference.model import drop_labels
 from .token_cache import TokenCache
 
 # Independent streams of one seed: a training run's, then a token cache's views and the view
-# each image is trained on in an epoch (a run from a cache).
-ORDER, CROP, RATIO, NOISE, DROPOUT, VIEW_CROP, VIEW = range(7)
+# each image is trained on in an epoch (a run from a cache), then label dropout.
+ORDER, CROP, RATIO, NOISE, DROPOUT, VIEW_CROP, VIEW, LABEL_DROP = range(8)
 
 
 def seed_of(*keys: int) -> int:
@@ -97,12 +99,30 @@ def noise_of(seed: int, micro: int, row: int) -> torch.Tensor:
     return torch.randperm(NUM_TOKENS, generator=generator(seed, NOISE, micro, row)).float() / NUM_TOKENS
 
 
+@dataclass(frozen=True)
+class Labels:
+    """The labels a class-conditional run trains on, label dropout applied: image i's label
+    becomes num_classes ("no class") where a uniform keyed by (seed, micro-batch, row) is below
+    `drop`, so the drops, like the noise, do not depend on a resume or on how a global batch is
+    split among processes."""
+    labels: Sequence[int]       # of every image, as the folder or the token cache lists them
+    num_classes: int
+    drop: float
+    seed: int
+
+    def __call__(self, index: int, micro: int, row: int) -> int:
+        u = torch.rand((), dtype=torch.float64, generator=generator(self.seed, LABEL_DROP, micro, row))
+        return int(drop_labels(torch.tensor(self.labels[index]), u, self.drop, self.num_classes))
+
+
 class TrainSamples(torch.utils.data.Dataset):
     """(image, noise) of a key from TrainOrder: the image cropped and flipped by the pretraining
-    transform, and its row's noise (noise_of)."""
+    transform, and its row's noise (noise_of); with `labels` (a class-conditional run), also
+    its label after label dropout: (image, noise, label)."""
 
-    def __init__(self, folder: ImageFolder, seed: int, transform: TrainTransform = TrainTransform()):
-        self.folder, self.seed, self.transform = folder, seed, transform
+    def __init__(self, folder: ImageFolder, seed: int, transform: TrainTransform = TrainTransform(),
+                 labels: Optional[Labels] = None):
+        self.folder, self.seed, self.transform, self.labels = folder, seed, transform, labels
 
     def __len__(self):
         return len(self.folder)
@@ -114,7 +134,9 @@ class TrainSamples(torch.utils.data.Dataset):
     def __getitem__(self, key):
         epoch, index, micro, row = key
         image = self.transform(self.folder.load(index), generator=self.crop(epoch, index))
-        return image, noise_of(self.seed, micro, row)
+        if self.labels is None:
+            return image, noise_of(self.seed, micro, row)
+        return image, noise_of(self.seed, micro, row), self.labels(index, micro, row)
 
 
 def view_generator(seed: int, image: int, view: int) -> torch.Generator:
@@ -130,11 +152,12 @@ def views_of_epoch(seed: int, epoch: int, num_images: int, num_views: int) -> np
 
 class TokenBatches(torch.utils.data.Dataset):
     """Whole micro-batches from a token cache: the keys of a TrainOrder micro-batch ->
-    (ids int16 [b, 256], noise [b, 256]). The ids of the batch are one read of the memory map;
+    (ids int16 [b, 256], noise [b, 256]), and with `labels` (a class-conditional run) their
+    labels after label dropout, int64 [b]. The ids of the batch are one read of the memory map;
     int16 holds every codebook id and moves a quarter of int64's bytes to the device."""
 
-    def __init__(self, cache: TokenCache, seed: int):
-        self.cache, self.seed = cache, seed
+    def __init__(self, cache: TokenCache, seed: int, labels: Optional[Labels] = None):
+        self.cache, self.seed, self.labels = cache, seed, labels
         self._epoch, self._views = None, None
 
     def __len__(self):
@@ -151,7 +174,10 @@ class TokenBatches(torch.utils.data.Dataset):
             raise ValueError("a micro-batch spans two epochs")  # TrainOrder never makes one
         ids = self.cache.read(images, self.views(int(epochs[0]))[images])
         noise = torch.stack([noise_of(self.seed, int(m), int(r)) for m, r in zip(micros, rows)])
-        return torch.from_numpy(ids.view(np.int16)), noise
+        if self.labels is None:
+            return torch.from_numpy(ids.view(np.int16)), noise
+        labels = torch.tensor([self.labels(int(i), int(m), int(r)) for i, m, r in zip(images, micros, rows)])
+        return torch.from_numpy(ids.view(np.int16)), noise, labels
 
 
 def mask_ratio(model, seed: int, micro: int) -> float:

@@ -36,6 +36,13 @@ class TrainConfig(ModelSettings):
     compile: bool = False
     log_every: int = setting(20, COUNT)
     device: Optional[str] = None
+    # Class-conditional MAGE (docs/mage.md#class-conditional-generation): labels from the class
+    # subfolders (a cache: its index's), num_classes None: the data's count; each label becomes
+    # "no class" with probability label_drop; the encoder stays frozen unless train_encoder.
+    class_conditional: bool = False
+    num_classes: Optional[int] = setting(None, Numbers(int, 2))
+    label_drop: float = setting(0.1, Numbers(float, 0, 1, high_open=True))
+    train_encoder: bool = False
 
     def __post_init__(self):
         check_settings(self)
@@ -44,6 +51,19 @@ class TrainConfig(ModelSettings):
                              f"data={self.data!r}, tokens={self.tokens!r}")
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs] = [0, {self.epochs}], got {self.warmup_epochs}")
+        if not self.class_conditional:
+            given = [name for name, default in (("num_classes", None), ("label_drop", 0.1), ("train_encoder", False))
+                     if getattr(self, name) != default]
+            if given:
+                raise ValueError(f"{', '.join(given)} need class_conditional")
+
+    @property
+    def class_settings(self) -> Optional[dict]:
+        """What a resume must keep of a class-conditional run (None: not one); num_classes as
+        the run resolved it from the data is recorded beside it (train_state)."""
+        if not self.class_conditional:
+            return None
+        return {"label_drop": self.label_drop, "train_encoder": self.train_encoder}
 
     def for_device(self, device_type: str) -> "TrainConfig":
         """This config with the device's defaults where `precision` and `workers` are None: bf16

@@ -39,8 +39,11 @@ def _resume_file(config, ctx):
     return path
 
 
-def _initial_model(config, ctx, resuming: bool):
-    model = build_model(config.model, config.impl, init_seed=config.seed, dropout=config.dropout)
+def _initial_model(config, ctx, resuming: bool, num_classes: int):
+    """The model the run starts from; a class-conditional one with `num_classes`, whose label
+    parameters start fresh from an unconditional --ckpt."""
+    classes = {"class_conditional": True, "num_classes": num_classes} if config.class_conditional else {}
+    model = build_model(config.model, config.impl, init_seed=config.seed, dropout=config.dropout, **classes)
     if resuming:
         log.info("resuming: the weights come from the checkpoint, --ckpt/--vqgan-ckpt are not read")
     elif config.ckpt or config.vqgan_ckpt:
@@ -66,7 +69,11 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
     ctx = ctx or distributed.init(config.device)
     config = config.for_device(ctx.device.type)
     cuda = ctx.device.type == "cuda"
-    source = data_source(config.data, config.tokens, config.seed)
+    source = data_source(config.data, config.tokens, config.seed,
+                         (config.num_classes, config.label_drop) if config.class_conditional else None)
+    num_classes = config.num_classes or len(source.classes)
+    # what a resume must match: the settings, and the classes the data gave
+    classes = {**config.class_settings, "num_classes": num_classes} if config.class_conditional else None
     order = TrainOrder(source.num_images, config.batch_size, config.accum_iter, config.seed, ctx.rank, ctx.world_size)
     spe, accum = order.steps_per_epoch, config.accum_iter
     total = config.epochs * spe
@@ -76,17 +83,21 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
     torch.backends.cudnn.benchmark = True  # fixed shapes: the tokenizer's convolutions pick their fastest kernels
 
     resume = _resume_file(config, ctx)
-    model = _initial_model(config, ctx, resume is not None)
+    model = _initial_model(config, ctx, resume is not None, num_classes)
     freeze_unused(model)
+    if config.class_conditional and not config.train_encoder:
+        model.freeze_encoder()  # out of the optimizer (param_groups lists what trains), run under no_grad
     optimizer = build_optimizer(model, peak_lr, config.weight_decay)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.precision == "fp16")
-    step = restore(resume, model, optimizer, scaler, order, source.settings) if resume else 0
+    step = restore(resume, model, optimizer, scaler, order, source.settings, classes) if resume else 0
     source.check_tokenizer(model, _weights(config, resume))
     if ctx.is_main:
         if config.resume == "none" and os.path.exists(os.path.join(config.out, LAST)):
             log.warning("--resume none: the run starts over and overwrites %s", os.path.join(config.out, LAST))
-        print(f"{source.description}, {spe} steps/epoch of {order.images_per_step} images "
+        conditioning = (f", class-conditional over {num_classes} classes (label drop {config.label_drop}, encoder "
+                        f"{'trained' if config.train_encoder else 'frozen'})") if classes else ""
+        print(f"{source.description}{conditioning}, {spe} steps/epoch of {order.images_per_step} images "
               f"(batch {config.batch_size} x {ctx.world_size} process(es) x {accum} accumulated), "
               f"lr {peak_lr:.3e}, {config.precision}, {config.impl} model {config.model} on {ctx.device}; "
               + (f"resuming at step {step} from {resume}" if resume else "starting at step 0"))
@@ -111,7 +122,8 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for m in range(accum):
-                inputs, noise = next(batches)  # images or ids: what source.input names
+                inputs, noise, *labels = next(batches)  # images or ids: what source.input names; labels if any
+                given = {"labels": labels[0].to(ctx.device, non_blocking=True)} if labels else {}
                 micro = step * accum + m
                 seed_dropout(config.seed, micro, ctx.rank)
                 # Gradients are all-reduced once per step, in the last micro-batch's backward.
@@ -123,7 +135,7 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
                     with torch.autocast(ctx.device.type, dtype=PRECISIONS[config.precision],
                                         enabled=config.precision != "fp32"):
                         loss = net(**{source.input: inputs.to(ctx.device, non_blocking=True)}, mask_ratio=ratio,
-                                   noise=noise.to(ctx.device, non_blocking=True))
+                                   noise=noise.to(ctx.device, non_blocking=True), **given)
                     scaler.scale(loss / accum).backward()
                 progress.add_loss(loss)
             if config.clip_grad:
@@ -141,7 +153,8 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
                 progress.report(step, lr)
             if save and ctx.is_main:
                 last = os.path.join(config.out, LAST)
-                save_checkpoint(last, model, optimizer, scaler, as_namespace(config), order, step, source.settings)
+                save_checkpoint(last, model, optimizer, scaler, as_namespace(config), order, step, source.settings,
+                                class_conditional=classes)
                 epoch = step // spe - 1
                 if epoch_end and ((config.keep_every and epoch % config.keep_every == 0) or epoch + 1 == config.epochs):
                     keep_copy(last, epoch_path(config.out, epoch))

@@ -31,6 +31,8 @@ def freeze_unused(model: nn.Module, unused=UNUSED):
 # decoder_pred before the blocks, the official one after decoder_norm.
 OFFICIAL_ORDER = ("vqgan", "token_emb", "patch_embed", "blocks", "norm", "decoder_embed", "decoder_blocks",
                   "decoder_norm", "decoder_pred", "mlm_layer")
+# A class-conditional model's parameters, which the official model lacks: after all of its.
+CLASS_PARAMETERS = ("class_emb", "class_pos_embed")
 
 
 def param_groups(model: nn.Module, weight_decay: float):
@@ -42,6 +44,8 @@ def param_groups(model: nn.Module, weight_decay: float):
     what lets the official misc.load_model load ours."""
     def rank(item):
         name = item[0]
+        if name.split(".")[0] in CLASS_PARAMETERS:
+            return len(OFFICIAL_ORDER) + 1
         return OFFICIAL_ORDER.index(name.split(".")[0]) + 1 if "." in name else 0
     decay, no_decay = [], []
     for name, p in sorted(model.named_parameters(), key=rank):  # a stable sort

@@ -2,12 +2,12 @@
 and tokenized at every step) or a token cache (ids of precomputed views, read from a memory map
 a whole micro-batch at a time, with no image and no tokenizer in the step)."""
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 
 from ..data import ImageFolder
-from .batches import TokenBatches, TrainOrder, TrainSamples
+from .batches import Labels, TokenBatches, TrainOrder, TrainSamples
 from .token_cache import TokenCache
 
 
@@ -17,6 +17,7 @@ class DataSource:
     num_images: int
     input: str                    # the keyword the model's training forward takes the batch as
     description: str
+    classes: List[str]            # the class subfolders' names (none: images directly in the folder)
     cache: Optional[TokenCache] = None
 
     @property
@@ -26,7 +27,8 @@ class DataSource:
         return self.cache.settings if self.cache else None
 
     def loader(self, order: TrainOrder, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
-        """The micro-batches of `order`: (images or int16 ids, noise)."""
+        """The micro-batches of `order`: (images or int16 ids, noise), and the labels of a
+        class-conditional run."""
         if self.cache:  # the dataset takes a whole micro-batch's keys: one read each
             return torch.utils.data.DataLoader(self.dataset, sampler=order, batch_size=None,
                                                num_workers=workers, pin_memory=pin_memory)
@@ -39,12 +41,30 @@ class DataSource:
             self.cache.check_tokenizer(model, weights)
 
 
-def data_source(data: Optional[str], tokens: Optional[str], seed: int) -> DataSource:
-    """An image folder (`data`) or a token cache (`tokens`): one of them (TrainConfig checks)."""
+def data_source(data: Optional[str], tokens: Optional[str], seed: int,
+                label_drop: Optional[Tuple[Optional[int], float]] = None) -> DataSource:
+    """An image folder (`data`) or a token cache (`tokens`): one of them (TrainConfig checks).
+    label_drop (num_classes, probability): a class-conditional run, whose batches carry labels,
+    from the class subfolders (a cache: its index's), dropped with that probability; num_classes
+    None: the data's number of classes. It needs at least two classes."""
     if tokens is not None:
         cache = TokenCache(tokens)
-        return DataSource(TokenBatches(cache, seed), cache.num_images, "tokens",
+        classes, all_labels, where = cache.index["classes"], cache.index["labels"], f"the token cache {tokens}"
+    else:
+        folder = ImageFolder(data)
+        classes, all_labels, where = folder.classes, folder.labels, data
+    labels = None
+    if label_drop is not None:
+        num_classes, drop = label_drop
+        if len(classes) < 2:
+            raise ValueError(f"class-conditional training needs labels: {where} has {len(classes)} class(es); "
+                             "give a folder with one subfolder per class (at least two)")
+        if num_classes is not None and num_classes < len(classes):
+            raise ValueError(f"num_classes is {num_classes} but {where} has {len(classes)} classes")
+        labels = Labels(all_labels, num_classes or len(classes), drop, seed)
+    if tokens is not None:
+        return DataSource(TokenBatches(cache, seed, labels), cache.num_images, "tokens",
                           f"{cache.num_images} images x {cache.num_views} view(s) from the token cache {tokens}",
-                          cache)
-    folder = ImageFolder(data)
-    return DataSource(TrainSamples(folder, seed), len(folder), "images", f"{len(folder)} images")
+                          classes, cache)
+    return DataSource(TrainSamples(folder, seed, labels=labels), len(folder), "images", f"{len(folder)} images",
+                      classes)

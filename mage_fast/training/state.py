@@ -23,7 +23,8 @@ def epoch_path(out: str, epoch: int) -> str:
 
 
 def save_checkpoint(path: str, model, optimizer, scaler, args: argparse.Namespace, order: TrainOrder, step: int,
-                    token_cache: Optional[dict] = None, extra: Optional[dict] = None):
+                    token_cache: Optional[dict] = None, extra: Optional[dict] = None,
+                    class_conditional: Optional[dict] = None):
     """Write atomically: a kill midway leaves the previous file. `epoch` is, as in the official
     files, the last completed epoch (-1 before the first ends): the official resume restarts
     the epoch in progress, ours continues at `train_state['step']`. `args` is the config as an
@@ -32,7 +33,8 @@ def save_checkpoint(path: str, model, optimizer, scaler, args: argparse.Namespac
     `scaler` is the state of a fresh scaler: the official resume loads it into an enabled one,
     which refuses a disabled one's {}, and a disabled one (ours without fp16) ignores it.
     `token_cache`: the settings of the token cache the run reads (None: an image folder), which
-    a resume must match; `extra` (plain values) joins the train_state as it is."""
+    a resume must match; `extra` (plain values) joins the train_state as it is;
+    `class_conditional`: a class-conditional run's settings, which a resume must match too."""
     spe = order.steps_per_epoch
     if not scaler.is_enabled():
         scaler = torch.amp.GradScaler("cpu")  # "cpu": no CUDA needed; the state is plain numbers
@@ -40,7 +42,9 @@ def save_checkpoint(path: str, model, optimizer, scaler, args: argparse.Namespac
             "scaler": scaler.state_dict(),
             "args": args,
             "train_state": {"step": step, "step_in_epoch": step % spe, **order.settings,
-                            **({"token_cache": token_cache} if token_cache else {}), **(extra or {})}}
+                            **({"token_cache": token_cache} if token_cache else {}),
+                            **({"class_conditional": class_conditional} if class_conditional else {}),
+                            **(extra or {})}}
     with atomic_write(path) as f:
         torch.save(ckpt, f)
 
@@ -68,26 +72,30 @@ def resume_path(resume: str, out: str) -> Optional[str]:
     return resume
 
 
-def restore(path: str, model, optimizer, scaler, order: TrainOrder, token_cache: Optional[dict] = None) -> int:
+def restore(path: str, model, optimizer, scaler, order: TrainOrder, token_cache: Optional[dict] = None,
+            class_conditional: Optional[dict] = None) -> int:
     """Load a checkpoint of `mage-fast train` into the run; returns the step to continue at.
-    The data order and source (`token_cache`, as save_checkpoint took it) must be those the
-    checkpoint was made with (the world size may change if the global batch stays the same)."""
-    return restore_state(path, model, optimizer, scaler, order, token_cache)["step"]
+    The data order and source (`token_cache`, as save_checkpoint took it) and the
+    class-conditional settings must be those the checkpoint was made with (the world size may
+    change if the global batch stays the same)."""
+    return restore_state(path, model, optimizer, scaler, order, token_cache, class_conditional)["step"]
 
 
 def restore_state(path: str, model, optimizer, scaler, order: TrainOrder,
-                  token_cache: Optional[dict] = None) -> dict:
+                  token_cache: Optional[dict] = None, class_conditional: Optional[dict] = None) -> dict:
     """restore(), returning the checkpoint's whole train_state (the step and any `extra`)."""
     ckpt = read_file(path)
     state = ckpt.get("train_state") if isinstance(ckpt, dict) else None
     if state is None:
         raise ValueError(f"{path} is not a checkpoint of `mage-fast train` or `finetune` (no train_state); "
                          "to start from its weights, pass it as --ckpt with --resume none")
-    now = {**order.settings, "token_cache": token_cache}  # an image folder's checkpoint has none: None
+    # an image folder's checkpoint has no token_cache, an unconditional one no class_conditional: None
+    now = {**order.settings, "token_cache": token_cache, "class_conditional": class_conditional}
     diff = {k: (state.get(k), v) for k, v in now.items() if state.get(k) != v}
     if diff:
         raise ValueError(f"{path} was made with other data-order settings {diff} (checkpoint, now): "
-                         "resume with the same seed, image folder or token cache, global batch and accumulation")
+                         "resume with the same seed, image folder or token cache, global batch and accumulation, "
+                         "and class-conditional settings")
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
