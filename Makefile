@@ -22,7 +22,7 @@ $(STAMP): $(BUILD_INPUTS)
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=20
 
 # The linter CI runs, pinned so that a new release's rules never turn CI red on their own.
 lint: install

@@ -85,6 +85,17 @@ def without_host_sync(fn):
 
 
 @contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to n inside the block, restored after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def poisoned_allocations():
     """torch.empty/empty_like return NaN-filled (float) or -1-filled (integer) tensors inside
     the block, so an element a kernel forgets to write shows up in the comparison."""

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import strict_json
+from helpers import strict_json, torch_threads
 from mage_fast import model as fast
 from mage_fast.checkpoint import load_checkpoint
 from mage_fast.cli import main
@@ -34,10 +34,8 @@ TINY = ["--model", "mage_vit_tiny_test", "--device", "cpu"]
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One thread: on a shared two-core machine, two threads per process ran ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def conditional(num_classes=3, impl=reference):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import crashing_after, env_without_interpreter, strict_json
+from helpers import crashing_after, env_without_interpreter, strict_json, torch_threads
 from mage_fast import mage_vit_tiny_test
 from mage_fast.cli import main
 from mage_fast.data import EvalTransform, ImageFolder, TrainTransform
@@ -308,10 +308,8 @@ def split(reference, tmp_path, train_per_class=4):
 @pytest.fixture
 def one_thread():
     """Steps on a 128 x 3 head are too small to share: a second thread only waits on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def test_linear_probe_beats_chance(reference, tmp_path, one_thread):

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import crashing_after, env_without_interpreter
+from helpers import crashing_after, env_without_interpreter, torch_threads
 from mage_fast import model as fast_model
 from mage_fast.checkpoint import load_checkpoint
 from mage_fast.cli import main
@@ -37,10 +37,8 @@ N, K = 3, 2
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One thread, as in the commands these tests start (OMP_NUM_THREADS=1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

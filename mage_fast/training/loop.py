@@ -16,7 +16,7 @@ from ..settings import as_namespace
 from ..validation import PRECISIONS
 from .batches import TrainOrder, mask_ratio, seed_dropout
 from .config import TrainConfig
-from .optim import build_optimizer, freeze_unused, lr_at, scaled_lr
+from .optim import build_optimizer, freeze_unused, lr_at, optimizer_step, scaled_lr
 from .progress import Progress
 from .source import data_source
 from .state import LAST, epoch_path, keep_copy, restore, resume_path, save_checkpoint
@@ -138,12 +138,7 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
                                    noise=noise.to(ctx.device, non_blocking=True), **given)
                     scaler.scale(loss / accum).backward()
                 progress.add_loss(loss)
-            if config.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(optimizer, scaler, params, config.clip_grad)
             step += 1
             progress.step_done()
 
