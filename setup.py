@@ -16,7 +16,7 @@ CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
 # Binaries for A100 and H100/H200, and PTX of the newest for what comes after (the JIT keeps
 # --fmad=false). MAGE_FAST_CUDA_ARCHS="90" (or "80 90") narrows the list: a GPU session builds
 # for its own chip only, in half the time.
-CUDA_ARCHS = os.environ.get("MAGE_FAST_CUDA_ARCHS", "80 90").split()
+CUDA_ARCHS = (os.environ.get("MAGE_FAST_CUDA_ARCHS") or "80 90").split()  # unset or empty: both
 NVCC_FLAGS = ["-O3", "--fmad=false"] + [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS] + [
     f"-gencode=arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}"]
 

@@ -12,13 +12,13 @@ import sys
 
 import pytest
 import torch
-from mage_fast.kernels.attention import DROP_LEVELS, dropout_keep_mask, dropout_threshold
 from torch import nn
 
 from helpers import assert_error_bounded, compile_for_gpus, poisoned_allocations, rel_err
 from mage_fast import backends
 from mage_fast.backends import backend_report
 from mage_fast.cuda_graphs import capture
+from mage_fast.kernels.attention import DROP_LEVELS, dropout_keep_mask, dropout_threshold
 from mage_fast.ops import attention as OPS
 from mage_fast.ops.attention import attention, attention_qkv, attention_ref
 

@@ -192,7 +192,6 @@ def test_restore_promotes_like_the_reference():
 def test_kernel_level_launchers():
     """The launchers themselves, without dispatch or autograd."""
     from mage_fast.kernels import token_drop as k
-
     from mage_fast.ops.token_drop import slot_rows
     noise = tie_free_noise(2, 10, KERNEL_DEVICE)
     keep_index, masked = k.mask_sets_forward(noise, 128, torch.tensor([150], device=KERNEL_DEVICE))
