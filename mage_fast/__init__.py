@@ -8,7 +8,7 @@ from .backends import backend_report
 from .checkpoint import load_checkpoint
 from .configs import CONFIGS, MAGE_B, MAGE_L, TINY_TEST, MAGEConfig, VQGANConfig
 from .model import MAGE, mage_from_config, mage_vit_base_patch16, mage_vit_large_patch16, mage_vit_tiny_test
-from .sampler import Sampler
+from .sampling.sampler import Sampler
 
 __version__ = "0.1.0"
 __all__ = ["CONFIGS", "MAGE", "MAGEConfig", "MAGE_B", "MAGE_L", "Sampler", "TINY_TEST", "VQGANConfig",

@@ -1,11 +1,26 @@
 """Loading official checkpoints: `mage-vit{b,l}-1600.pth` (a dict whose "model" entry holds
 every key, the tokenizer included) and the tokenizer file `vqgan_jax_strongaug.ckpt`."""
 import argparse
+import logging
+import pickle
+import re
+import zipfile
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
+
+from .configs import CONFIGS
+
+log = logging.getLogger(__name__)
+SHOWN = 5  # key names a message shows; the whole list goes to the debug log (mage-fast -v)
+
+
+def some(names: List[str]) -> str:
+    """The first SHOWN names, and how many more."""
+    more = len(names) - SHOWN
+    return ", ".join(names[:SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 @dataclass
@@ -17,34 +32,70 @@ class LoadReport:
 
     def __str__(self):
         lines = [f"loaded {self.loaded} tensors"]
-        if self.initialised:
-            lines.append(f"initialised ({len(self.initialised)}): " + ", ".join(self.initialised))
-        if self.missing:
-            lines.append(f"missing ({len(self.missing)}): " + ", ".join(self.missing))
-        if self.unexpected:
-            lines.append(f"unexpected ({len(self.unexpected)}): " + ", ".join(self.unexpected))
+        for what, names in (("initialised", self.initialised), ("missing", self.missing),
+                            ("unexpected", self.unexpected)):
+            if names:
+                lines.append(f"{what} ({len(names)}): {some(names)}")
+                log.debug("%s keys: %s", what, ", ".join(names))
         return "; ".join(lines)
 
 
-def read_file(path: str, trusted: bool = False):
+def read_file(path: str, trusted: bool = False, mmap: bool = False):
     """What a checkpoint file holds, on the CPU. Official MAGE checkpoints (and ours) also
     pickle their argparse arguments, which are allowed; other objects need trusted=True (a
-    full unpickle: only for files you trust)."""
+    full unpickle: only for files you trust). mmap: map the tensors' storage instead of reading it.
+    A file that is no checkpoint, or a damaged one, is a ValueError saying so."""
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
-            return torch.load(path, map_location="cpu", weights_only=not trusted)
+            return torch.load(path, map_location="cpu", weights_only=not trusted, mmap=mmap)
         except FileNotFoundError:
             raise FileNotFoundError(f"checkpoint not found: {path}") from None
-        except Exception as e:  # an UnpicklingError names the offending global
-            if trusted:
-                raise
-            raise ValueError(f"{path} holds objects beyond tensors ({e}); if you trust the "
-                             "file, load it with trusted=True") from None
+        except IsADirectoryError:
+            raise ValueError(f"{path} is a folder, not a checkpoint file") from None
+        except Exception as e:
+            if not is_torch_file(path):  # an image, an .npz, a text file...
+                raise ValueError(f"{path} is not a PyTorch checkpoint (a file of torch.save)") from None
+            if trusted or not isinstance(e, pickle.UnpicklingError):
+                raise ValueError(f"{path} cannot be read as a checkpoint (damaged?): "
+                                 f"{str(e).splitlines()[0]}") from None
+            # weights_only refused a global, which the message names
+            raise ValueError(f"{path} holds objects beyond tensors ({str(e).splitlines()[0]}); if you trust "
+                             "the file, load it fully: --trusted (features, evaluate, finetune), trusted=True "
+                             "in Python") from None
 
 
-def read_state_dict(path: str, trusted: bool = False) -> dict:
+def is_torch_file(path: str) -> bool:
+    """Whether the file has torch.save's layout: a zip archive holding data.pkl, or (the legacy
+    format) a pickle stream, which starts with the PROTO opcode 0x80."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            return any(name.endswith("data.pkl") for name in z.namelist())
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
+def model_of(state: dict) -> Optional[str]:
+    """The key of CONFIGS whose encoder a MAGE state dict (pretrained or fine-tuned) has: its
+    width off the token embedding and its number of blocks; None if none fits."""
+    emb = state.get("token_emb.word_embeddings.weight")
+    if emb is None or emb.dim() != 2:
+        return None
+    depth = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    return next((name for name, c in CONFIGS.items() if (c.embed_dim, c.depth) == (emb.shape[1], depth)), None)
+
+
+def model_of_file(path: str) -> Optional[str]:
+    """model_of a checkpoint file's tensors, read memory-mapped (nothing is copied); None where the
+    file is absent or unreadable, which loading it then reports."""
+    try:
+        return model_of(read_state_dict(path, mmap=True))
+    except (OSError, ValueError, RuntimeError):  # a legacy-format file cannot be memory-mapped
+        return None
+
+
+def read_state_dict(path: str, trusted: bool = False, mmap: bool = False) -> dict:
     """The tensors of a checkpoint file: its "model" or "state_dict" entry if it has one."""
-    ckpt = read_file(path, trusted)
+    ckpt = read_file(path, trusted, mmap)
     for entry in ("model", "state_dict"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(entry), dict):
             return ckpt[entry]
@@ -87,6 +138,16 @@ def read_states(ckpt: Optional[str], vqgan_ckpt: Optional[str] = None, trusted: 
     return state
 
 
+def check_kind(state: dict, expected: dict):
+    """Refuse a fine-tuned classifier (a head, no decoder) where a pretrained MAGE with its decoder
+    is expected, naming the command that takes it (it would otherwise fail on a pos_embed shape)."""
+    has_decoder = any(k.startswith("decoder") for k in state)
+    wants_decoder = any(k.startswith("decoder") for k in expected)
+    if "head.weight" in state and not has_decoder and wants_decoder:
+        raise ValueError("the checkpoint is a fine-tuned classifier (a head, no decoder): `mage-fast evaluate` "
+                         "takes it; this command needs a pretrained MAGE (mage-vit{b,l}-1600.pth)")
+
+
 def load_state(model: nn.Module, state: dict, strict: bool = True,
                prefixes: Optional[Tuple[str, ...]] = None) -> LoadReport:
     """Load the tensors `state` into `model`, as load_checkpoint does after reading its files."""
@@ -98,10 +159,16 @@ def load_state(model: nn.Module, state: dict, strict: bool = True,
     fresh = sorted(set(getattr(model, "class_keys", ())) & set(expected) - set(state))
     report = LoadReport(missing=sorted(set(expected) - set(state) - set(fresh)),
                         unexpected=sorted(set(state) - set(expected)), initialised=fresh)
+    check_kind(state, expected)
     bad_shapes = [f"{k}: checkpoint {list(state[k].shape)} vs model {list(v.shape)}"
                   for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if bad_shapes:
-        raise ValueError("checkpoint does not fit this model (wrong config?): " + "; ".join(bad_shapes))
+        log.debug("tensors of another shape: %s", "; ".join(bad_shapes))
+        theirs, ours = model_of(state), model_of(expected)
+        if theirs and ours and theirs != ours:
+            raise ValueError(f"the checkpoint is a {theirs}, the model a {ours}: choose --model {theirs}")
+        raise ValueError(f"checkpoint does not fit this model ({len(bad_shapes)} tensors of another shape, "
+                         f"e.g. {bad_shapes[0]})")
     if strict and (report.missing or report.unexpected):
         raise ValueError(f"checkpoint keys do not match the model: {report}")
     usable = {k: v for k, v in state.items() if k in expected}

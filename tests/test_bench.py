@@ -53,7 +53,7 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
 def test_the_fast_sampler_is_also_timed_at_the_reference_batch(monkeypatch):
     """At a batch other than the reference's, a second fast row at the reference's batch gives
     the same-batch comparison; every timed call draws other images (seeds move on)."""
-    from mage_fast.sampler import Sampler
+    from mage_fast.sampling.sampler import Sampler
     seeds, sample = [], Sampler.sample
     monkeypatch.setattr(Sampler, "sample", lambda self, s: (seeds.append(s.tolist()), sample(self, s))[1])
     rows = sample_workloads("mage_vit_tiny_test", 2, 2, torch.device("cpu"), warmup=1, repeats=2)

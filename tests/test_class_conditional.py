@@ -20,8 +20,8 @@ from mage_fast.cli import main
 from mage_fast.configs import MASK_ID, NUM_TOKENS
 from mage_fast.reference import model as reference
 from mage_fast.reference.model import CLASS_KEYS, drop_labels, guidance_at
-from mage_fast.sampler import Sampler
 from mage_fast.sampling import SampleConfig, image_label, image_path, image_seed
+from mage_fast.sampling.sampler import Sampler
 from mage_fast.settings import ModelSettings
 from mage_fast.training import TrainConfig, freeze_unused
 from mage_fast.training.batches import Labels

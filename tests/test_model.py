@@ -14,7 +14,7 @@ from mage_fast.ops import mlm_loss as mlm_loss_module
 from mage_fast.ops.mlm_loss import mlm_loss, mlm_loss_ref
 from mage_fast.ops.token_drop import mask_sets
 from mage_fast.reference import mage_vit_tiny_test as reference_tiny
-from mage_fast.sampler import Sampler
+from mage_fast.sampling.sampler import Sampler
 
 pytestmark = pytest.mark.triton  # runs the kernels: under the interpreter without CUDA
 

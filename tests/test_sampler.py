@@ -19,8 +19,8 @@ from mage_fast.configs import MAGE_B, MASK_ID
 from mage_fast.model import build_model
 from mage_fast.reference.decoding import schedule
 from mage_fast.reference.vqgan import VQGAN
-from mage_fast.sampler import Sampler, pixel_mask_to_tokens
 from mage_fast.sampling import SampleConfig, image_path, image_seed, sample
+from mage_fast.sampling.sampler import Sampler, pixel_mask_to_tokens
 
 
 @pytest.mark.machine
@@ -74,7 +74,7 @@ def test_edit_keeps_every_token_outside_the_mask(tiny, images):
 def test_edit_counts_the_schedule_over_the_unknown_tokens(tiny, images, monkeypatch):
     """With k tokens to regenerate, step t fixes as many as the schedule of k tokens says (the
     last step's filled ids, which the loop returns, have none left)."""
-    import mage_fast.sampler
+    import mage_fast.sampling.sampler
     unknown = []
 
     def counting_step(*args):
@@ -82,8 +82,8 @@ def test_edit_counts_the_schedule_over_the_unknown_tokens(tiny, images, monkeypa
         last = args[3] == args[4] - 1  # step, num_iter
         unknown.append(((filled if last else ids) == MASK_ID).sum(1).tolist())
         return ids, filled
-    decode_step = mage_fast.sampler.decode_step
-    monkeypatch.setattr(mage_fast.sampler, "decode_step", counting_step)
+    decode_step = mage_fast.sampling.sampler.decode_step
+    monkeypatch.setattr(mage_fast.sampling.sampler, "decode_step", counting_step)
     token_mask = torch.zeros(2, 256, dtype=torch.bool)
     token_mask[0, 100:150] = True
     token_mask[1, ::8] = True
@@ -244,7 +244,7 @@ def test_graph_replay_equals_eager():
 @pytest.mark.gpu
 def test_max_batch_fits():
     from mage_fast.reference import mage_vit_tiny_test
-    from mage_fast.sampler import max_batch
+    from mage_fast.sampling.sampler import max_batch
     model = mage_vit_tiny_test().cuda().eval()
     sampler = Sampler(model, num_iter=2)
     batch = max_batch(sampler, limit=256)
@@ -269,7 +269,7 @@ class _GraphsUpTo:
 
 
 def test_max_batch_backs_off_on_out_of_memory():
-    from mage_fast.sampler import _largest_that_captures
+    from mage_fast.sampling.sampler import _largest_that_captures
     sampler = _GraphsUpTo(fits=700)
     assert _largest_that_captures(sampler, 1000) == 648 and sampler.tried == [1000, 896, 800, 720, 648]
     assert sampler.cleared == 4 and sampler._graphs == {648: "graph"}  # kept for replay

@@ -319,7 +319,7 @@ def sample_workloads(model_name: str, batch: Optional[int], num_iter: int, devic
     batch too (its speed-up taken over the reference in the same precision at the same batch)
     and at `batch` (None: the largest that fits; its speed-up over the official way). Each call
     draws new images: the seeds move on by a batch."""
-    from ..sampler import Sampler, max_batch
+    from ..sampling.sampler import Sampler, max_batch
     dtype = dtype or PRECISIONS[default_precision(device.type)]
     cfg = CONFIGS[model_name]
     flops = sample_flops_per_image(cfg, num_iter)
@@ -362,7 +362,7 @@ def guided_sample_workloads(model_name: str, batch: Optional[int], num_iter: int
     on a GPU) by the fast sampler, at `batch` (None: the largest whose graph fits; 1 on CPU);
     its speed-up is over the unguided fast sampler's row of sample_workloads (the same T and
     precision). Image i of a call is of class i mod 1000; each call draws new images."""
-    from ..sampler import Sampler, max_batch
+    from ..sampling.sampler import Sampler, max_batch
     dtype = dtype or PRECISIONS[default_precision(device.type)]
     _fresh(device)
     model = build_model(model_name, "fast", class_conditional=True).to(device).eval()

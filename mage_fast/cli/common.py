@@ -9,15 +9,35 @@ is written once, beside the field, and the config checks it again for Python cal
 only the config can check (rules between fields, e.g. warmup_epochs <= epochs) surfaces as
 `mage-fast CMD: <the config's message>`. Commands without a config use the shared rules
 directly (positive_int, non_negative_float, ... below; validation.NUM_ITER and friends).
+
+Every --device flag has the type `device` (add_device): cpu, cuda or cuda:N that this machine
+has, else a usage error. --model (add_model_args), when not given, is read off --ckpt's tensors
+or a --tokens cache's index (resolve_model, which cli.main calls before the command runs).
 """
 import argparse
 import dataclasses
+import json
+import logging
+import os
 
+from ..checkpoint import model_of_file
+from ..configs import CONFIGS
+from ..distributed import DEVICES, check_device
 from ..settings import ModelSettings
 from ..validation import COUNT, INTEGER, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Numbers
 
+log = logging.getLogger("mage_fast")
+DEVICE_HELP = f"{DEVICES} (default: cuda if available)"
+TORCHRUN_DEVICE_HELP = DEVICE_HELP[:-1] + "; under torchrun each process takes the GPU of its local rank)"
+
+
+class ModelDefault(str):
+    """--model's default, told apart from the same name given on the command line: resolve_model
+    replaces it by the size the files say."""
+
+
 MODEL_HELP = {
-    "model": "model size (default: %(default)s)",
+    "model": "model size (default: read off --ckpt, or train's --tokens cache; else %(default)s)",
     "impl": "fast module (Triton/CUDA kernels) or the pure-PyTorch reference (default: %(default)s)",
     "ckpt": "official MAGE checkpoint (mage-vit{b,l}-1600.pth); without it, random weights",
     "vqgan_ckpt": "tokenizer checkpoint (vqgan_jax_strongaug.ckpt), if --ckpt lacks vqgan.* keys",
@@ -57,7 +77,7 @@ def add_setting(parser, config, name: str, help: str, **kwargs):
     if field.default is dataclasses.MISSING:
         kwargs["required"] = True
     else:
-        kwargs["default"] = field.default
+        kwargs.setdefault("default", field.default)
     if field.type is bool:
         kwargs["action"] = "store_false" if field.default else "store_true"
         flag = "--no-" + flag[2:] if field.default else flag
@@ -71,7 +91,48 @@ def add_setting(parser, config, name: str, help: str, **kwargs):
 def add_model_args(parser):
     """--model, --impl, --ckpt, --vqgan-ckpt: the fields of ModelSettings."""
     for name, help in MODEL_HELP.items():
-        add_setting(parser, ModelSettings, name, help, **({"metavar": "PATH"} if "ckpt" in name else {}))
+        extra = {"metavar": "PATH"} if "ckpt" in name else {}
+        if name == "model":
+            extra["default"] = ModelDefault(ModelSettings.model)
+        add_setting(parser, ModelSettings, name, help, **extra)
+
+
+def resolve_model(args):
+    """Where --model was not given (add_model_args): the size of --ckpt's tensors, or the one a
+    --tokens cache was made with, else the default. A file that says nothing is left to the
+    load to report."""
+    if not isinstance(getattr(args, "model", None), ModelDefault):
+        return
+    found = args.ckpt and model_of_file(args.ckpt)
+    if not found and getattr(args, "tokens", None):
+        found = cache_model(args.tokens)
+    if found and found != args.model:
+        log.info("model %s, read off %s", found, args.ckpt if args.ckpt else args.tokens)
+    args.model = str(found or args.model)
+
+
+def cache_model(path: str):
+    """The model size a token cache's index records (None where it records none, or is unreadable)."""
+    from ..training.token_cache import INDEX
+    try:
+        with open(os.path.join(path, INDEX)) as f:
+            model = json.load(f).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model if model in CONFIGS else None
+
+
+def device(text):
+    """An argparse type: a device name distributed.check_device accepts, or a usage error."""
+    try:
+        return check_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_device(parser, torchrun: bool = False):
+    """--device, checked by `device`; torchrun: the command runs under torchrun too."""
+    parser.add_argument("--device", type=device, help=TORCHRUN_DEVICE_HELP if torchrun else DEVICE_HELP)
 
 
 def config_from_args(config, args):

@@ -13,7 +13,7 @@ import logging
 import os
 
 from ..settings import RANDOM_WEIGHTS_WARNING
-from .common import add_model_args, non_negative_int, positive_int
+from .common import add_device, add_model_args, non_negative_int, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,7 @@ def register(sub):
                         "(default: %(default)s)")
     p.add_argument("--workers", type=non_negative_int, default=None,
                    help="image-decoding worker processes (default: 8 on CUDA, 0 on CPU)")
-    p.add_argument("--device", help="cuda or cpu (default: cuda if available; under torchrun each "
-                                    "process takes the GPU of its local rank)")
+    add_device(p, torchrun=True)
     p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     p.add_argument("--trusted", action="store_true",
                    help="unpickle checkpoints fully (only for files you trust): for checkpoints that "
@@ -51,33 +50,28 @@ def run(args):
     from ..data import EvalTransform, ImageFolder
     from ..recognition import build_encoder, extract_features
     from ..recognition.store import check_format
-    try:
-        check_format(args.out)
-        if os.path.exists(args.out) and not args.overwrite:
-            raise ValueError(f"{args.out} exists; pass --overwrite to replace it")
-        ctx = distributed.init(args.device)
-        cuda = ctx.device.type == "cuda"
-        dataset = ImageFolder(args.data, EvalTransform(resize=args.resize))
-        if not ctx.is_main:  # one process reports for all
-            logging.getLogger("mage_fast").setLevel(logging.WARNING)
-        else:
-            log.info("%d images, %s, %d process(es) on %s", len(dataset),
-                     f"{len(dataset.classes)} classes" if dataset.classes else "no classes",
-                     ctx.world_size, ctx.device)
-            if not args.ckpt:
-                log.warning(RANDOM_WEIGHTS_WARNING)
-        model = build_encoder(args.model, args.ckpt, args.vqgan_ckpt, args.pool, args.trusted, args.impl)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        meta = {"model": args.model, "resize": args.resize,
-                "ckpt": args.ckpt and os.path.abspath(args.ckpt),
-                "vqgan_ckpt": args.vqgan_ckpt and os.path.abspath(args.vqgan_ckpt)}
-        fs = extract_features(model, dataset, args.out, args.pool,
-                              batch_size=args.batch_size or (64 if cuda else 8), chunk_size=args.chunk_size,
-                              device=ctx.device, workers=(8 if cuda else 0) if args.workers is None else args.workers,
-                              meta=meta)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"mage-fast features: {e}") from None
-    finally:
-        distributed.shutdown()
+    check_format(args.out)
+    if os.path.exists(args.out) and not args.overwrite:
+        raise ValueError(f"{args.out} exists; pass --overwrite to replace it")
+    ctx = distributed.init(args.device)
+    cuda = ctx.device.type == "cuda"
+    dataset = ImageFolder(args.data, EvalTransform(resize=args.resize))
+    if not ctx.is_main:  # one process reports for all
+        logging.getLogger("mage_fast").setLevel(logging.WARNING)
+    else:
+        log.info("%d images, %s, %d process(es) on %s", len(dataset),
+                 f"{len(dataset.classes)} classes" if dataset.classes else "no classes",
+                 ctx.world_size, ctx.device)
+        if not args.ckpt:
+            log.warning(RANDOM_WEIGHTS_WARNING)
+    model = build_encoder(args.model, args.ckpt, args.vqgan_ckpt, args.pool, args.trusted, args.impl)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    meta = {"model": args.model, "resize": args.resize,
+            "ckpt": args.ckpt and os.path.abspath(args.ckpt),
+            "vqgan_ckpt": args.vqgan_ckpt and os.path.abspath(args.vqgan_ckpt)}
+    fs = extract_features(model, dataset, args.out, args.pool,
+                          batch_size=args.batch_size or (64 if cuda else 8), chunk_size=args.chunk_size,
+                          device=ctx.device, workers=(8 if cuda else 0) if args.workers is None else args.workers,
+                          meta=meta)
     if fs is not None:
         print(f"wrote {len(fs.features)} features of dim {fs.dim} to {args.out}")

@@ -7,8 +7,9 @@ validation features; prints the mean and std over seeds.
 """
 import argparse
 
+from ..distributed import check_device
 from .common import positive_float, positive_int
-from .linprobe import add_train_val_args, default_device, load_train_val, write_json
+from .linprobe import add_train_val_args, load_train_val, write_json
 
 
 def shot_list(text):
@@ -35,11 +36,8 @@ def register(sub):
 
 def run(args):
     from ..recognition import few_shot
-    try:
-        train, val = load_train_val(args)
-        results = few_shot(train, val, args.shots, args.seeds, args.l2, default_device(args))
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"mage-fast fewshot: {e}") from None
+    train, val = load_train_val(args)
+    results = few_shot(train, val, args.shots, args.seeds, args.l2, check_device(args.device))
     for k, r in results.items():
         print(f"{k}-shot: top-1 {r['mean']:.2f} ± {r['std']:.2f}% over {args.seeds} seeds")
     write_json(args, {str(k): r for k, r in results.items()})

@@ -2,14 +2,15 @@
 
 --ref is a folder of reference images (ImageNet val: Resize 256 + CenterCrop 256, saved as
 PNG, docs/mage.md#evaluation-and-published-numbers) or a .npz of precomputed statistics with arrays `mu` and `sigma`.
-torch-fidelity is an optional extra (pip install torch-fidelity) and the Inception weights a
+torch-fidelity (which needs torchvision) is an optional extra, and the Inception weights a
 download: pass their file with --inception-weights on machines without internet.
 """
 import os
 import urllib.error
 
+from ..distributed import check_device
 from ..files import write_json
-from .common import positive_int
+from .common import add_device, positive_int
 
 
 def register(sub):
@@ -21,7 +22,7 @@ def register(sub):
                    help="torch-fidelity's Inception weights file (pt_inception-2015-12-05-*.pth); "
                         "default: torch-fidelity downloads them")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per Inception forward (default 64)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    add_device(p)
     p.add_argument("--json", metavar="PATH", help="also write the metrics to this JSON file")
     p.set_defaults(func=run)
 
@@ -30,9 +31,10 @@ def _torch_fidelity():
     try:
         import torch_fidelity
         from torch_fidelity import metric_fid
-    except ImportError as e:
-        raise SystemExit(f"mage-fast fid needs torch-fidelity, which is not installed ({e}): "
-                         "pip install torch-fidelity") from None
+    except ModuleNotFoundError as e:  # torch-fidelity itself, or torchvision, which it imports
+        package = {"torch_fidelity": "torch-fidelity"}.get(e.name, e.name)
+        raise ImportError(f"{package} is not installed (fid needs torch-fidelity and torchvision): "
+                          f"pip install {package}") from None
     return torch_fidelity, metric_fid
 
 
@@ -42,20 +44,19 @@ def _inception(fidelity, options):
     try:
         return fidelity.utils.create_feature_extractor("inception-v3-compat", ["2048"], **options)
     except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-        raise SystemExit(f"torch-fidelity could not download the Inception weights (pt_inception-2015-12-05-*.pth): "
+        raise OSError(f"torch-fidelity could not download the Inception weights (pt_inception-2015-12-05-*.pth): "
                          f"{e}. Fetch them on a machine with internet and pass --inception-weights PATH") from None
 
 
 def run(args):
     import numpy as np
-    import torch
     fidelity, metric_fid = _torch_fidelity()
     for path, what in ((args.gen, "--gen folder"), (args.ref, "--ref")):
         if not os.path.exists(path):
-            raise SystemExit(f"{what} not found: {path}")
+            raise FileNotFoundError(f"{what} not found: {path}")
     if args.inception_weights and not os.path.isfile(args.inception_weights):
-        raise SystemExit(f"--inception-weights file not found: {args.inception_weights}")
-    options = dict(cuda=(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"),
+        raise FileNotFoundError(f"--inception-weights file not found: {args.inception_weights}")
+    options = dict(cuda=check_device(args.device).startswith("cuda"),
                    batch_size=args.batch_size, feature_extractor_weights_path=args.inception_weights,
                    samples_find_ext="png,jpg,jpeg", verbose=False)
     extractor = _inception(fidelity, options)
@@ -64,7 +65,7 @@ def run(args):
     else:
         stats = np.load(args.ref)
         if "mu" not in stats or "sigma" not in stats:
-            raise SystemExit(f"{args.ref} must hold arrays 'mu' and 'sigma' (reference Inception statistics)")
+            raise ValueError(f"{args.ref} must hold arrays 'mu' and 'sigma' (reference Inception statistics)")
         metrics = fidelity.calculate_metrics(input1=args.gen, isc=True, **options)
         gen_stats = metric_fid.fid_input_id_to_statistics(1, extractor, "2048", input1=args.gen, **options)
         ref_stats = {k: stats[k].astype(gen_stats[k].dtype) for k in ("mu", "sigma")}

@@ -6,8 +6,9 @@ accuracy on the validation features. On ImageNet that is ~28,000 optimizer steps
 weights by a thousandth of their norm per step, so a small training set (one step per epoch) gets
 the schedule stretched to --min-steps steps; the output says which schedule ran.
 """
+from ..distributed import check_device
 from ..files import write_json as write_json_file
-from .common import integer, non_negative_float, non_negative_int, positive_float, positive_int
+from .common import add_device, integer, non_negative_float, non_negative_int, positive_float, positive_int
 
 
 def add_train_val_args(p):
@@ -15,18 +16,13 @@ def add_train_val_args(p):
     p.add_argument("--train", required=True, metavar="FEATS",
                    help="training features (.npz or .pt from `mage-fast features`)")
     p.add_argument("--val", required=True, metavar="FEATS", help="validation features, same model and classes")
-    p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    add_device(p)
     p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
 
 
 def load_train_val(args):
     from ..recognition import load_features
     return load_features(args.train), load_features(args.val)
-
-
-def default_device(args):
-    import torch
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def write_json(args, results):
@@ -53,12 +49,9 @@ def register(sub):
 
 def run(args):
     from ..recognition import linear_probe
-    try:
-        train, val = load_train_val(args)
-        r = linear_probe(train, val, args.epochs, args.batch_size, args.blr, args.warmup_epochs,
-                         args.seed, default_device(args), min_steps=args.min_steps)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"mage-fast linprobe: {e}") from None
+    train, val = load_train_val(args)
+    r = linear_probe(train, val, args.epochs, args.batch_size, args.blr, args.warmup_epochs,
+                     args.seed, check_device(args.device), min_steps=args.min_steps)
     print(f"linear probe: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  ({r['train']} train, {r['val']} val, "
           f"{r['classes']} classes, {r['epochs']} epochs, {r['steps']} steps, batch {r['batch_size']}, "
           f"lr {r['lr']:.4g})")

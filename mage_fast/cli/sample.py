@@ -11,8 +11,12 @@ A class-conditional checkpoint (`mage-fast train --class-conditional`) generates
 FID, image i of class classes[i // images-per-class] (pinned in the manifest), with
 classifier-free guidance (1 + s) x conditional - s x unconditional logits (--guidance-scale s).
 """
+import os
+
+from ..checkpoint import is_torch_file
+from ..distributed import check_device
 from ..sampling import SampleConfig
-from .common import add_model_args, add_setting, config_from_args
+from .common import DEVICE_HELP, add_model_args, add_setting, config_from_args, device
 
 
 def register(sub):
@@ -30,7 +34,7 @@ def register(sub):
     setting("dtype", "transformer and VQGAN precision (default: bf16 on CUDA, fp32 on CPU)")
     setting("out", "output folder of PNGs (what torch-fidelity reads)")
     setting("npz", "also write OUT.npz: uint8 [N, 256, 256, 3] under key arr_0 (ADM's evaluator format)")
-    setting("device", "cuda or cpu (default: cuda if available)")
+    setting("device", DEVICE_HELP, type=device)
     setting("cuda_graphs", "run the loop eagerly (for debugging)")
     setting("class_conditional", "generate chosen classes with a class-conditional checkpoint (its number of classes "
                                  "is read off class_emb.weight)")
@@ -43,12 +47,24 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+def check_before_work(config: SampleConfig):
+    """Refuse, before the output folder is made or a model built: an --out that is a file, a
+    checkpoint that is missing or no checkpoint at all, and the 50,000 images of FID on a CPU."""
+    if os.path.exists(config.out) and not os.path.isdir(config.out):
+        raise ValueError(f"--out {config.out} is a file: give a folder (new, or of an earlier run to resume)")
+    for path in (config.ckpt, config.vqgan_ckpt):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        if path and not is_torch_file(path):
+            raise ValueError(f"{path} is not a PyTorch checkpoint (a file of torch.save)")
+    sized = config.num_images is not None or config.images_per_class is not None
+    if check_device(config.device) == "cpu" and not sized:
+        raise ValueError("the default is the 50,000 images of FID, days on a CPU (MAGE-B: minutes per image): "
+                         "give --num-images N (class-conditional: --images-per-class N)")
+
+
 def run(args):
-    from .. import distributed
     from ..sampling import sample
-    try:
-        sample(config_from_args(SampleConfig, args))
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"mage-fast sample: {e}") from None
-    finally:
-        distributed.shutdown()
+    config = config_from_args(SampleConfig, args)
+    check_before_work(config)
+    sample(config)

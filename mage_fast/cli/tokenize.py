@@ -17,7 +17,7 @@ import logging
 import os
 
 from ..validation import PRECISIONS, default_precision
-from .common import add_model_args, non_negative_int, positive_int
+from .common import add_device, add_model_args, non_negative_int, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,7 @@ def register(sub):
                         "(default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--workers", type=non_negative_int,
                    help="image-decoding processes per GPU (default: 8 on CUDA, 0 on CPU)")
-    p.add_argument("--device", help="cuda or cpu (default: cuda if available; under torchrun each "
-                                    "process takes the GPU of its local rank)")
+    add_device(p, torchrun=True)
     p.add_argument("--overwrite", action="store_true", help="replace CACHE if it exists")
     p.set_defaults(func=run)
 
@@ -78,31 +77,26 @@ def run(args):
     from ..model import build_model
     from ..training.tokenize import tokenize_folder
     if args.center_crop and args.views not in (None, 1):
-        raise SystemExit(f"mage-fast tokenize: --center-crop caches one view per image, got --views {args.views}")
+        raise ValueError(f"--center-crop caches one view per image, got --views {args.views}")
     if not (args.center_crop or args.views):
-        raise SystemExit("mage-fast tokenize: give --views K (augmented views per image), or --center-crop")
+        raise ValueError("give --views K (augmented views per image), or --center-crop")
     views = args.views or 1
-    try:
-        ctx = distributed.init(args.device)
-        cuda = ctx.device.type == "cuda"
-        folder = ImageFolder(args.data)
-        if not ctx.is_main:  # one process reports for all
-            logging.getLogger("mage_fast").setLevel(logging.WARNING)
-        elif not (args.ckpt or args.vqgan_ckpt):
-            log.warning(RANDOM_TOKENIZER_WARNING)
-        model = build_model(args.model, args.impl, init_seed=args.seed)
-        weights = _load_tokenizer(model, args.ckpt, args.vqgan_ckpt, args.seed)
-        log.info("%d images x %d view(s), %d process(es) on %s; tokenizer: %s", len(folder), views,
-                 ctx.world_size, ctx.device, weights)
-        cache = tokenize_folder(
-            model, folder, args.out, views, args.seed, args.center_crop,
-            batch_size=args.batch_size or (max(1, 256 // views) if cuda else 4), chunk_size=args.chunk_size,
-            device=ctx.device, workers=(8 if cuda else 0) if args.workers is None else args.workers,
-            precision=args.precision or default_precision(ctx.device.type),
-            meta={"model": args.model, "impl": args.impl, "tokenizer": weights}, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"mage-fast tokenize: {e}") from None
-    finally:
-        distributed.shutdown()
+    ctx = distributed.init(args.device)
+    cuda = ctx.device.type == "cuda"
+    folder = ImageFolder(args.data)
+    if not ctx.is_main:  # one process reports for all
+        logging.getLogger("mage_fast").setLevel(logging.WARNING)
+    elif not (args.ckpt or args.vqgan_ckpt):
+        log.warning(RANDOM_TOKENIZER_WARNING)
+    model = build_model(args.model, args.impl, init_seed=args.seed)
+    weights = _load_tokenizer(model, args.ckpt, args.vqgan_ckpt, args.seed)
+    log.info("%d images x %d view(s), %d process(es) on %s; tokenizer: %s", len(folder), views,
+             ctx.world_size, ctx.device, weights)
+    cache = tokenize_folder(
+        model, folder, args.out, views, args.seed, args.center_crop,
+        batch_size=args.batch_size or (max(1, 256 // views) if cuda else 4), chunk_size=args.chunk_size,
+        device=ctx.device, workers=(8 if cuda else 0) if args.workers is None else args.workers,
+        precision=args.precision or default_precision(ctx.device.type),
+        meta={"model": args.model, "impl": args.impl, "tokenizer": weights}, overwrite=args.overwrite)
     if cache is not None:
         print(f"wrote the ids of {cache.num_images} images x {cache.num_views} view(s) to {args.out}")

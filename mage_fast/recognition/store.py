@@ -75,6 +75,10 @@ def labelled_pair(train: FeatureSet, val: FeatureSet) -> int:
     if train.dim != val.dim:
         raise ValueError(f"feature dims differ: {train.dim} in train, {val.dim} in val "
                          "(features of different models?)")
+    for key, flag in (("pool", "--pool"), ("model", "--model")):
+        if key in train.meta and key in val.meta and train.meta[key] != val.meta[key]:
+            raise ValueError(f"train features were made with {flag} {train.meta[key]}, val features with "
+                             f"{flag} {val.meta[key]}: extract both alike")
     if train.classes and val.classes and train.classes != val.classes:
         raise ValueError("train and val have different classes: label i must name the same class in "
                          "both (give both folders the same class subfolders)")

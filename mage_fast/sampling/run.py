@@ -9,7 +9,6 @@ from typing import Optional
 from tqdm import tqdm
 
 from .. import distributed
-from ..sampler import Sampler, max_batch
 from ..validation import PRECISIONS
 from .config import SampleConfig
 from .folder import (
@@ -24,6 +23,7 @@ from .folder import (
     write_npz,
     write_png_atomic,
 )
+from .sampler import Sampler, max_batch
 
 log = logging.getLogger("mage_fast")
 

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..configs import CODEBOOK_SIZE, NUM_TOKENS
+from ..configs import CODEBOOK_SIZE, CONFIGS, NUM_TOKENS
 from ..data import files_sha1
 
 FORMAT, VERSION = "mage-fast token cache", 1
@@ -28,6 +28,10 @@ TOKENS, INDEX = "tokens.npy", "index.json"
 DTYPE = np.uint16
 # The tokenizer's weights that decide its ids: the VQGAN encoder and the codebook.
 TOKENIZER_PREFIXES = ("encoder.", "quantize.")
+# The index entries a reader uses (tokenize.py writes them all).
+INDEX_KEYS = ("num_images", "num_views", "seed", "transform", "tokenizer_sha256", "files", "files_sha1", "classes",
+              "labels")
+SHOWN_ROWS = 5  # damaged rows a message names
 
 
 def tokenizer_sha256(model) -> str:
@@ -67,6 +71,9 @@ class TokenCache:
             raise _not_a_cache(path, f"{INDEX} is not its index")
         if index.get("version") != VERSION:
             raise _not_a_cache(path, f"format version {index.get('version')}, this mage-fast reads {VERSION}")
+        lacking = [k for k in INDEX_KEYS if k not in index]
+        if lacking:
+            raise _not_a_cache(path, f"{INDEX} lacks {', '.join(lacking)}")
         self.num_images, self.num_views = index["num_images"], index["num_views"]
         files, labels = index["files"], index["labels"]
         if len(files) != self.num_images or len(labels) != self.num_images:
@@ -78,7 +85,7 @@ class TokenCache:
             tokens = np.load(os.path.join(path, TOKENS), mmap_mode="r")
         except FileNotFoundError:
             raise _not_a_cache(path, f"no {TOKENS}") from None
-        except ValueError as e:  # not an .npy file, or shorter than its header says
+        except (ValueError, EOFError) as e:  # not an .npy file, shorter than its header says, or empty
             raise _not_a_cache(path, f"{TOKENS}: {e}") from None
         want = (self.num_images, self.num_views, NUM_TOKENS)
         if tokens.shape != want or tokens.dtype != DTYPE:
@@ -109,14 +116,21 @@ class TokenCache:
         out = np.empty((len(flat), NUM_TOKENS), dtype=DTYPE)
         out[order] = np.take(self.tokens.reshape(-1, NUM_TOKENS), flat[order], axis=0)
         if out.size and out.max() >= CODEBOOK_SIZE:
-            raise ValueError(f"{self.path}: rows {flat[(out >= CODEBOOK_SIZE).any(1)].tolist()} of {TOKENS} hold "
-                             f"ids beyond the codebook ({CODEBOOK_SIZE}): the file is damaged; make it again")
+            bad = flat[(out >= CODEBOOK_SIZE).any(1)].tolist()
+            more = f" and {len(bad) - SHOWN_ROWS} more" if len(bad) > SHOWN_ROWS else ""
+            raise ValueError(f"{self.path}: rows {bad[:SHOWN_ROWS]}{more} of {TOKENS} hold ids beyond the codebook "
+                             f"({CODEBOOK_SIZE}): the file is damaged; make it again")
         return out
 
     def check_tokenizer(self, model, weights: str):
         """Refuse to train `model` on ids of other tokenizer weights; `weights` says where the
         model's came from."""
         ours, theirs = tokenizer_sha256(model), self.index["tokenizer_sha256"]
+        cached = self.index.get("model")
+        running = next((name for name, config in CONFIGS.items() if config == model.config), None)
+        if ours != theirs and cached in CONFIGS and cached != running:
+            raise ValueError(f"the token cache {self.path} holds the ids of a {cached}'s tokenizer, this run's model "
+                             f"is a {running}: choose --model {cached}")
         if ours != theirs:
             made = self.index.get("tokenizer", "not recorded")
             raise ValueError(

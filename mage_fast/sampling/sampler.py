@@ -12,11 +12,11 @@ from typing import Dict, Optional, Sequence, Union
 
 import torch
 
-from .configs import MASK_ID, NUM_TOKENS
-from .cuda_graphs import capture
-from .ops.decode_step import decode_step
-from .reference.model import guidance_at
-from .validation import FLOAT_TYPES, PRECISIONS, check_decoding, check_guidance, check_images, default_precision
+from ..configs import MASK_ID, NUM_TOKENS
+from ..cuda_graphs import capture
+from ..ops.decode_step import decode_step
+from ..reference.model import guidance_at
+from ..validation import FLOAT_TYPES, PRECISIONS, check_decoding, check_guidance, check_images, default_precision
 
 log = logging.getLogger("mage_fast")
 
