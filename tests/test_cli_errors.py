@@ -164,6 +164,11 @@ def test_the_model_size_is_read_off_the_checkpoint(files):
     assert model_for("ckpt", str(files / "image.png")) == "mage_vit_base_patch16"   # the load reports it
     assert model_for("ckpt", str(files / "tiny.pth"), "model", "mage_vit_large_patch16") == "mage_vit_large_patch16"
     assert type(model_for()) is str
+    run = files / "run"   # train resuming OUT's last checkpoint (--resume auto) takes its size
+    run.mkdir(exist_ok=True)
+    shutil.copy(files / "tiny.pth", run / "checkpoint-last.pth")
+    assert model_for("out", str(run), "resume", "auto") == "mage_vit_tiny_test"
+    assert model_for("out", str(run), "resume", "none") == "mage_vit_base_patch16"
 
 
 def test_interrupt_is_exit_130_and_one_line(monkeypatch, capsys):
@@ -191,6 +196,12 @@ def test_an_error_in_a_data_loader_worker_is_its_own_message():
         wrapped.reraise()
     assert "Original Traceback" in str(e.value)
     assert one_line(e.value) == "cache: rows [3] of tokens.npy hold ids beyond the codebook (1024)"
+
+
+def test_a_long_message_is_cut_and_verbose_shows_it_all():
+    """torch's own key-mismatch messages run to tens of KB."""
+    message = one_line(RuntimeError("size mismatch for blocks.0.attn.qkv.weight\n" * 500))
+    assert len(message) < 500 and message.endswith("(mage-fast -v shows it all)")
 
 
 # ---------------------------------------------------------------- files

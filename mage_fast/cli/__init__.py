@@ -20,20 +20,22 @@ from .common import resolve_model
 
 SUBCOMMANDS = (info, bench, sample, edit, fid, features, linprobe, fewshot, tokenize, train, finetune, evaluate)
 EXIT_INTERRUPTED = 130  # an error exits 1: SystemExit with a message
+LONGEST = 400  # characters of a message shown without -v (torch's key mismatches run to tens of KB)
 # What a user's input or machine can cause; anything else is a bug and keeps its traceback.
 EXPECTED = (ValueError, OSError, ImportError, FloatingPointError, torch.OutOfMemoryError)
 
 
 def one_line(error: BaseException) -> str:
-    """The error's message on one line. An error re-raised from a DataLoader worker carries the
-    worker's traceback, whose last line is the message."""
+    """The error's message on one line, cut at LONGEST characters. An error re-raised from a
+    DataLoader worker carries the worker's traceback, whose last line is the message."""
     text = str(error)
     if isinstance(error, OSError) and error.filename and error.strerror:
         text = f"{error.strerror}: {error.filename}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if "Original Traceback" in text:
-        return lines[-1].split(": ", 1)[-1]
-    return " ".join(lines) or type(error).__name__
+        lines = [lines[-1].split(": ", 1)[-1]]
+    text = " ".join(lines) or type(error).__name__
+    return text if len(text) <= LONGEST else text[:LONGEST] + "... (mage-fast -v shows it all)"
 
 
 def main(argv=None):

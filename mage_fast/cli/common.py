@@ -98,17 +98,30 @@ def add_model_args(parser):
 
 
 def resolve_model(args):
-    """Where --model was not given (add_model_args): the size of --ckpt's tensors, or the one a
-    --tokens cache was made with, else the default. A file that says nothing is left to the
-    load to report."""
+    """Where --model was not given (add_model_args): the size of the checkpoint a training run
+    resumes from (--resume, or OUT's last), else of --ckpt's tensors, else the one a --tokens
+    cache was made with, else the default. A file that says nothing is left to the load to
+    report."""
     if not isinstance(getattr(args, "model", None), ModelDefault):
         return
-    found = args.ckpt and model_of_file(args.ckpt)
-    if not found and getattr(args, "tokens", None):
-        found = cache_model(args.tokens)
-    if found and found != args.model:
-        log.info("model %s, read off %s", found, args.ckpt if args.ckpt else args.tokens)
-    args.model = str(found or args.model)
+    for path, read in ((resumed_file(args), model_of_file), (args.ckpt, model_of_file),
+                       (getattr(args, "tokens", None), cache_model)):
+        found = path and read(path)
+        if found:
+            if found != args.model:
+                log.info("model %s, read off %s", found, path)
+            args.model = found
+            return
+    args.model = str(args.model)
+
+
+def resumed_file(args):
+    """The checkpoint train's --resume names (auto: OUT's last, where there is one)."""
+    from ..training.state import LAST
+    resume = getattr(args, "resume", None)
+    if resume == "auto" and getattr(args, "out", None):
+        resume = os.path.join(args.out, LAST)
+    return resume if resume not in (None, "auto", "none") and os.path.isfile(resume) else None
 
 
 def cache_model(path: str):
