@@ -111,6 +111,18 @@ def test_a_missing_file_is_one_line_and_exit_1(files, command, flag, says):
     assert says in fails([command, *given(commands(files)[command], flag, missing), "--device", "cpu"])
 
 
+@pytest.mark.parametrize("command", ["train", "finetune"])
+@pytest.mark.parametrize("flag, value, says", [("--data", "missing", "not found"),
+                                               ("--device", "banana", "device must be cpu, cuda or cuda:N")])
+def test_train_and_finetune_refuse_in_one_line(files, command, flag, value, says, capsys):
+    """Whether the device is checked by argparse (exit 2) or when the run starts (exit 1): one line."""
+    argv = {"train": ["--data", str(files / "data"), "--out", str(files / "t-out"), *TINY],
+            "finetune": ["--data", str(files / "data"), "--val", str(files / "data"), "--out", str(files / "f-out"),
+                         "--ckpt", str(files / "tiny.pth"), *TINY, "--mixup", "0", "--cutmix", "0", "--aa", "none"]}
+    message = fails([command, *given(argv[command], flag, str(files / value) if flag == "--data" else value)])
+    assert message != 0 and says in (message if isinstance(message, str) else capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("command, flag", [("sample", "--num-images"), ("edit", "--num-iter"), ("fid", "--batch-size"),
                                            ("features", "--batch-size"), ("linprobe", "--epochs"),
                                            ("fewshot", "--seeds"), ("tokenize", "--views"),
@@ -310,3 +322,21 @@ def test_a_cache_of_another_models_tokenizer_names_the_model(cache, files):
     args = types.SimpleNamespace(model=ModelDefault("mage_vit_base_patch16"), ckpt=None, tokens=str(cache))
     resolve_model(args)
     assert args.model == "mage_vit_tiny_test"
+
+
+# ---------------------------------------------------------------- devices under torchrun
+def test_torchrun_takes_the_local_ranks_gpu_and_says_so(monkeypatch, caplog):
+    """cuda:1 asked for in the process of local rank 0: it runs on cuda:0, and a log line says so
+    (CUDA faked: what is checked is the choice, not a GPU)."""
+    from mage_fast import distributed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed.init("cuda:1").device == torch.device("cuda", 0) and chosen == [0]
+    assert "under torchrun each process takes the GPU of its local rank, this one cuda:0" in caplog.text
+    monkeypatch.delenv("LOCAL_RANK")
+    assert distributed.init("cuda:1").device == torch.device("cuda", 1)   # alone: the GPU asked for
+    with pytest.raises(ValueError, match="this machine has 2 GPU"):
+        distributed.init("cuda:2")
