@@ -89,7 +89,7 @@ def model_of_file(path: str) -> Optional[str]:
     file is absent or unreadable, which loading it then reports."""
     try:
         return model_of(read_state_dict(path, mmap=True))
-    except (OSError, ValueError, RuntimeError):  # a legacy-format file cannot be memory-mapped
+    except (OSError, ValueError):  # also a file of torch.save's legacy format, which cannot be mapped
         return None
 
 

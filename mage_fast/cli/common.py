@@ -11,8 +11,9 @@ only the config can check (rules between fields, e.g. warmup_epochs <= epochs) s
 directly (positive_int, non_negative_float, ... below; validation.NUM_ITER and friends).
 
 Every --device flag has the type `device` (add_device): cpu, cuda or cuda:N that this machine
-has, else a usage error. --model (add_model_args), when not given, is read off --ckpt's tensors
-or a --tokens cache's index (resolve_model, which cli.main calls before the command runs).
+has, else a usage error. --model (add_model_args), when not given, is read off the checkpoint
+(for train: the one it resumes) or a --tokens cache's index (resolve_model, which cli.main calls
+before the command runs).
 """
 import argparse
 import dataclasses
@@ -37,7 +38,8 @@ class ModelDefault(str):
 
 
 MODEL_HELP = {
-    "model": "model size (default: read off --ckpt, or train's --tokens cache; else %(default)s)",
+    "model": "model size (default: read off --ckpt, or for train the checkpoint it resumes or its --tokens "
+             "cache; else %(default)s)",
     "impl": "fast module (Triton/CUDA kernels) or the pure-PyTorch reference (default: %(default)s)",
     "ckpt": "official MAGE checkpoint (mage-vit{b,l}-1600.pth); without it, random weights",
     "vqgan_ckpt": "tokenizer checkpoint (vqgan_jax_strongaug.ckpt), if --ckpt lacks vqgan.* keys",
