@@ -20,9 +20,9 @@ from mage_fast.configs import TINY_TEST, MAGEConfig, VQGANConfig
 from mage_fast.data import EvalTransform
 from mage_fast.finetune import FinetuneConfig, config_for, eval_transform, load_pretrained, loop, param_groups_lrd
 from mage_fast.finetune.samples import Objective, require_timm
-from mage_fast.recognition.classifier import UNUSED, FastMAGEClassifier, MAGEClassifier, build_classifier
+from mage_fast.recognition.classifier import UNUSED_BY_CLASSIFIER, FastMAGEClassifier, MAGEClassifier, build_classifier
 from mage_fast.reference import mage_vit_tiny_test
-from mage_fast.training.optim import freeze_unused
+from mage_fast.runs import freeze_unused
 
 TINY = ["--model", "mage_vit_tiny_test", "--device", "cpu", "--workers", "0", "--log-every", "1"]
 NO_TIMM = ["--mixup", "0", "--cutmix", "0", "--aa", "none"]
@@ -176,7 +176,7 @@ def expected_groups(depth, global_pool, decay=0.65, wd=0.05):
 @pytest.mark.parametrize("global_pool", [True, False])
 def test_layer_decay_groups_follow_the_official_rule(global_pool):
     model = MAGEClassifier(TINY_TEST, 3, global_pool)
-    freeze_unused(model, UNUSED)    # as fine-tuning runs: the unused stay listed, the tokenizer not
+    freeze_unused(model, UNUSED_BY_CLASSIFIER)    # as fine-tuning runs: the unused stay listed, the tokenizer not
     groups = param_groups_lrd(model, 0.05, 0.65)
     name = {id(p): n for n, p in model.named_parameters()}
     got = [(g["lr_scale"], g["weight_decay"], [name[id(p)] for p in g["params"]]) for g in groups]
@@ -192,9 +192,10 @@ def test_recipe_defaults_and_bad_settings():
     assert config_for("mage_vit_large_patch16", data="d", val="v", out="o", epochs=10).epochs == 10
     with pytest.raises(ValueError, match="batch_size must be even"):
         FinetuneConfig("d", "v", "o", batch_size=3)
-    with pytest.raises(ValueError, match="layer_decay must be in.*drop_path must be in"):
+    with pytest.raises(ValueError, match=r"layer_decay must be a finite number in \(0, 1\].*drop_path must be a finite "
+                                         r"number in \[0, 1\)"):
         FinetuneConfig("d", "v", "o", layer_decay=0, drop_path=1.0)
-    with pytest.raises(ValueError, match="blr must be finite"):
+    with pytest.raises(ValueError, match="blr must be a finite number > 0"):
         FinetuneConfig("d", "v", "o", blr=math.inf)
 
 
@@ -392,7 +393,7 @@ def test_checkpoint_resumes_the_official_way(run):
     name = {id(p): n for n, p in official.named_parameters()}
     stepped = {name[id(p)] for p in optimizer.state}
     trainable = {n for n, p in official.named_parameters() if p.requires_grad}
-    assert stepped == {n for n in trainable if not n.startswith(UNUSED)}     # the unused never had a gradient
+    assert stepped == {n for n in trainable if not n.startswith(UNUSED_BY_CLASSIFIER)}  # never had a gradient
     for p, state in optimizer.state.items():
         assert state["exp_avg"].shape == p.shape and state["step"] == 4, name[id(p)]
     assert [g["lr_scale"] for g in ckpt["optimizer"]["param_groups"]] == [g["lr_scale"] for g in optimizer.param_groups]

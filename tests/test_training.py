@@ -19,7 +19,8 @@ from mage_fast import training
 from mage_fast.cli import main
 from mage_fast.data import ImageFolder
 from mage_fast.reference import mage_vit_tiny_test
-from mage_fast.training import TrainConfig, TrainOrder, TrainSamples, freeze_unused, lr_at, param_groups, scaled_lr
+from mage_fast.runs import TrainOrder, freeze_unused, scaled_lr, warmup_cosine_lr
+from mage_fast.training import UNUSED_BY_MAGE, TrainConfig, TrainSamples, param_groups
 
 TINY = ["--model", "mage_vit_tiny_test", "--device", "cpu", "--workers", "0", "--log-every", "1"]
 UNUSED = {"cls_token", "mask_token", "patch_embed.proj.weight", "patch_embed.proj.bias",
@@ -95,14 +96,14 @@ def official_param_groups(model, weight_decay):
 # ---------------------------------------------------------------- the recipe's pieces
 def test_lr_schedule_on_known_numbers():
     lr = 1e-3
-    assert lr_at(0, lr, 0, 40, 1600) == 0
-    assert lr_at(10, lr, 0, 40, 1600) == pytest.approx(2.5e-4)            # linear warm-up
-    assert lr_at(39.5, lr, 0, 40, 1600) == pytest.approx(lr * 39.5 / 40)  # fractional epochs
-    assert lr_at(40, lr, 0, 40, 1600) == pytest.approx(lr)
-    assert lr_at(820, lr, 0, 40, 1600) == pytest.approx(5e-4)             # half-way down the cosine
-    assert lr_at(560, lr, 0, 40, 1600) == pytest.approx(7.5e-4)           # a third: (1 + cos(pi/3)) / 2
-    assert lr_at(820, lr, 1e-4, 40, 1600) == pytest.approx(5.5e-4)
-    assert lr_at(1600, lr, 1e-5, 40, 1600) == pytest.approx(1e-5)
+    assert warmup_cosine_lr(0, lr, 0, 40, 1600) == 0
+    assert warmup_cosine_lr(10, lr, 0, 40, 1600) == pytest.approx(2.5e-4)            # linear warm-up
+    assert warmup_cosine_lr(39.5, lr, 0, 40, 1600) == pytest.approx(lr * 39.5 / 40)  # fractional epochs
+    assert warmup_cosine_lr(40, lr, 0, 40, 1600) == pytest.approx(lr)
+    assert warmup_cosine_lr(820, lr, 0, 40, 1600) == pytest.approx(5e-4)             # half-way down the cosine
+    assert warmup_cosine_lr(560, lr, 0, 40, 1600) == pytest.approx(7.5e-4)           # a third: (1 + cos(pi/3)) / 2
+    assert warmup_cosine_lr(820, lr, 1e-4, 40, 1600) == pytest.approx(5.5e-4)
+    assert warmup_cosine_lr(1600, lr, 1e-5, 40, 1600) == pytest.approx(1e-5)
 
 
 def test_lr_scaling_rule():
@@ -114,7 +115,7 @@ def test_parameter_groups_follow_timm_over_the_official_trainable_set():
     torch.manual_seed(0)
     model = mage_vit_tiny_test()
     unfrozen = official_param_groups(model, 0.05)
-    freeze_unused(model)
+    freeze_unused(model, UNUSED_BY_MAGE)
     no_decay, decay = param_groups(model, 0.05)
     assert (no_decay["weight_decay"], decay["weight_decay"]) == (0.0, 0.05)
     for ours, official in zip((no_decay, decay), unfrozen):   # the same tensors, in the same order
@@ -140,7 +141,7 @@ def test_frozen_parameters_are_exactly_those_the_forward_never_uses():
     model(torch.rand(1, 3, 256, 256), mask_ratio=0.7, noise=torch.rand(1, 256)).backward()
     no_grad = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
     assert no_grad == UNUSED
-    freeze_unused(model)
+    freeze_unused(model, UNUSED_BY_MAGE)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
@@ -253,7 +254,7 @@ def test_resume_continues_exactly(tmp_path):
     # The lr of step s (logged after it) follows the schedule at the fractional epoch (s - 1) / 2,
     # peaking at blr * (1 image x 1 process x 2 accumulated) / 256.
     peak = scaled_lr(1.5e-4, 2)
-    assert logged(tmp_path / "full", "lr") == pytest.approx([lr_at(s / 2, peak, 0, 1, 2) for s in range(4)])
+    assert logged(tmp_path / "full", "lr") == pytest.approx([warmup_cosine_lr(s / 2, peak, 0, 1, 2) for s in range(4)])
 
 
 def test_fp16_resume_restores_the_loss_scaler(tmp_path):

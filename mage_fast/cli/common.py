@@ -13,7 +13,7 @@ directly (positive_int, non_negative_float, ... below; validation.NUM_ITER and f
 import argparse
 import dataclasses
 
-from ..settings import ModelSettings
+from ..model_settings import ModelSettings
 from ..validation import COUNT, INTEGER, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Numbers
 
 MODEL_HELP = {
@@ -57,7 +57,7 @@ def add_setting(parser, config, name: str, help: str, **kwargs):
     if field.default is dataclasses.MISSING:
         kwargs["required"] = True
     else:
-        kwargs["default"] = field.default
+        kwargs.setdefault("default", field.default)
     if field.type is bool:
         kwargs["action"] = "store_false" if field.default else "store_true"
         flag = "--no-" + flag[2:] if field.default else flag

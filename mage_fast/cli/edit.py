@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..files import atomic_write
-from ..settings import ModelSettings
+from ..model_settings import ModelSettings
 from ..validation import CHOICE_TEMPERATURE, NUM_ITER
 from .common import add_model_args, config_from_args, integer, number
 
