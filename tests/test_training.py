@@ -6,15 +6,17 @@ import dataclasses
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from helpers import rel_err, strict_json
+from helpers import rel_err, strict_json, torch_threads
 from mage_fast import training
 from mage_fast.cli import main
 from mage_fast.data import ImageFolder
@@ -255,6 +257,33 @@ def test_resume_continues_exactly(tmp_path):
     # peaking at blr * (1 image x 1 process x 2 accumulated) / 256.
     peak = scaled_lr(1.5e-4, 2)
     assert logged(tmp_path / "full", "lr") == pytest.approx([warmup_cosine_lr(s / 2, peak, 0, 1, 2) for s in range(4)])
+
+
+@pytest.mark.machine
+def test_sigint_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+    """Ctrl-C to `mage-fast train` mid-run: it saves the step it is at, says so and exits
+    non-zero; resumed one step further it ends in the state of an uninterrupted run, bit for bit
+    (one thread in both processes: the same summation order)."""
+    data = image_folder(tmp_path / "img", 4)
+    common = ["--batch-size", "1", "--accum-iter", "2", "--epochs", "30", "--warmup-epochs", "1", "--keep-every", "0"]
+    cmd = [sys.executable, "-m", "mage_fast.cli", "train", "--data", str(data), "--out", str(tmp_path / "parts"),
+           *TINY, *common]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = tmp_path / "parts" / "log.jsonl"
+    while proc.poll() is None and not (log.exists() and log.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "interrupted" in err, err[-2000:]
+    step = load(tmp_path / "parts" / "checkpoint-last.pth")["train_state"]["step"]
+    assert 1 <= step < 60 and logged(tmp_path / "parts", "step")[-1] == step
+    with torch_threads(1):
+        train(data, tmp_path / "parts", *common, "--max-steps", str(step + 1))
+        train(data, tmp_path / "full", *common, "--max-steps", str(step + 1))
+    full, parts = (load(tmp_path / d / "checkpoint-last.pth") for d in ("full", "parts"))
+    assert_same_state(full, parts)
+    assert logged(tmp_path / "full", "loss") == logged(tmp_path / "parts", "loss")
 
 
 def test_fp16_resume_restores_the_loss_scaler(tmp_path):
