@@ -11,9 +11,10 @@ Mixup/cutmix, RandAugment and the soft-target loss come from timm: pip install '
 --val must have the same subfolders.
 
 Each epoch ends with top-1 / top-5 on --val (OUT/log.jsonl), OUT/checkpoint-best.pth when top-1
-improves and OUT/checkpoint-last.pth (also every --save-every steps), in the official format. A
-run started again with the same OUT continues at the exact step it stopped (--resume auto).
-Several GPUs or nodes: start it under torchrun, e.g.
+improves and OUT/checkpoint-last.pth (also every --save-every steps, and on Ctrl-C or SIGTERM at
+the end of the step in progress), in the official format. A run started again with the same OUT
+continues at the exact step it stopped (--resume auto). Several GPUs or nodes: start it under
+torchrun, e.g.
   torchrun --nproc_per_node 8 $(which mage-fast) finetune --data train --val val --ckpt CKPT --out OUT
 """
 import argparse
@@ -87,13 +88,8 @@ def run(args):
     from .. import distributed
     from ..finetune import config_for, finetune
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)}
-    try:
-        cfg = config_for(**{k: v for k, v in settings.items() if v is not None})
-        ctx = distributed.init(args.device)
-        if not ctx.is_main:  # one process reports for all
-            logging.getLogger("mage_fast").setLevel(logging.WARNING)
-        finetune(cfg, ctx)
-    except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as e:
-        raise SystemExit(f"mage-fast finetune: {e}") from None
-    finally:
-        distributed.shutdown()
+    cfg = config_for(**{k: v for k, v in settings.items() if v is not None})
+    ctx = distributed.init(args.device)
+    if not ctx.is_main:  # one process reports for all
+        logging.getLogger("mage_fast").setLevel(logging.WARNING)
+    finetune(cfg, ctx)
