@@ -8,7 +8,7 @@ validation features; prints the mean and std over seeds.
 import argparse
 
 from .common import positive_float, positive_int
-from .linprobe import add_train_val_args, default_device, load_train_val, write_json
+from .linprobe import add_train_val_args, default_device, load_train_val, write_results
 
 
 def shot_list(text):
@@ -42,4 +42,4 @@ def run(args):
         raise SystemExit(f"mage-fast fewshot: {e}") from None
     for k, r in results.items():
         print(f"{k}-shot: top-1 {r['mean']:.2f} ± {r['std']:.2f}% over {args.seeds} seeds")
-    write_json(args, {str(k): r for k, r in results.items()})
+    write_results(args, {str(k): r for k, r in results.items()})

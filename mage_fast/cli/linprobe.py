@@ -6,7 +6,7 @@ accuracy on the validation features. On ImageNet that is ~28,000 optimizer steps
 weights by a thousandth of their norm per step, so a small training set (one step per epoch) gets
 the schedule stretched to --min-steps steps; the output says which schedule ran.
 """
-from ..files import write_json as write_json_file
+from ..files import write_json
 from .common import integer, non_negative_float, non_negative_int, positive_float, positive_int
 
 
@@ -29,9 +29,10 @@ def default_device(args):
     return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def write_json(args, results):
+def write_results(args, results):
+    """The results to --json, where it is given."""
     if args.json:
-        write_json_file(args.json, results)
+        write_json(args.json, results)
 
 
 def register(sub):
@@ -63,4 +64,4 @@ def run(args):
           f"{r['classes']} classes, {r['epochs']} epochs, {r['steps']} steps, batch {r['batch_size']}, "
           f"lr {r['lr']:.4g})")
     print(f"schedule: {r['schedule']}")
-    write_json(args, r)
+    write_results(args, r)
