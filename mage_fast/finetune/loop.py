@@ -108,7 +108,7 @@ def finetune(cfg: FinetuneConfig, ctx) -> dict:
     loader = torch.utils.data.DataLoader(
         FinetuneSamples(train_set, cfg.seed, augment), batch_sampler=run.order_from(start), num_workers=cfg.workers,
         pin_memory=device.type == "cuda", worker_init_fn=ignore_interrupts)
-    step = run.steps(start, model, optimization, iter(loader), loss_of, save, epoch_end)
+    step = run.loop(start, model, optimization, iter(loader), loss_of, save, epoch_end)
     if ctx.is_main and step > start:
         best = validation["best"]
         print(f"stopped at step {step} of {run.total}; checkpoints: {run.last}"

@@ -58,9 +58,9 @@ class Run:
                 f"{self.ctx.world_size} process(es) x {c.accum_iter} accumulated), lr {self.peak_lr:.3e}, {what}; "
                 + (f"resuming at step {start} from {self.resume}" if self.resume else "starting at step 0"))
 
-    def steps(self, start: int, model: torch.nn.Module, optimization: Optimization, batches: Iterator,
-              loss_of: Callable[[torch.nn.Module, object, int], torch.Tensor], save: Callable[[int, bool], None],
-              epoch_end: Optional[Callable[[int, Progress], None]] = None, compile: bool = False) -> int:
+    def loop(self, start: int, model: torch.nn.Module, optimization: Optimization, batches: Iterator,
+             loss_of: Callable[[torch.nn.Module, object, int], torch.Tensor], save: Callable[[int, bool], None],
+             epoch_end: Optional[Callable[[int, Progress], None]] = None, compile: bool = False) -> int:
         """Steps from `start` to the stop; returns the step it stopped at. Each step takes
         accum_iter micro-batches from `batches`, each's loss loss_of(net, batch, micro) (net:
         the model as it runs the forward, DDP-wrapped or compiled; micro: the global index of

@@ -100,6 +100,6 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
             keep_copy(run.last, epoch_path(config.out, epoch))
 
     batches = iter(source.loader(run.order_from(start), config.workers, device.type == "cuda"))
-    step = run.steps(start, model, optimization, batches, loss_of, save, compile=config.compile)
+    step = run.loop(start, model, optimization, batches, loss_of, save, compile=config.compile)
     if ctx.is_main and step > start:
         print(f"stopped at step {step} of {run.total}; checkpoint: {run.last}")
