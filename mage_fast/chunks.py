@@ -24,7 +24,7 @@ from .data import shard
 from .files import atomic_write, write_json
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
+CHUNK_MANIFEST = "manifest.json"
 
 
 def rank_and_world() -> Tuple[int, int]:
@@ -48,7 +48,7 @@ def chunk_path(partial: str, k: int) -> str:
 def prepare_partial(partial: str, manifest: dict):
     """On process 0: keep the chunks of an interrupted run with the same manifest (JSON values);
     start over, with a warning, where the folder holds another run's."""
-    path = os.path.join(partial, MANIFEST)
+    path = os.path.join(partial, CHUNK_MANIFEST)
     if os.path.isdir(partial):
         try:
             with open(path) as f:

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .configs import CONFIGS, NUM_TOKENS, SEQ_LEN
+from .configs import CONFIGS, NUM_TOKENS, SEQ_LEN, MAGEConfig
 from .ops.attention import attention_qkv
 from .ops.decode_step import decode_step
 from .ops.mlm_loss import mlm_loss
@@ -129,8 +129,26 @@ class MAGE(reference.MAGE):
                         head.bias[0, 0, :codebook], targets.reshape(-1), row_weights)
 
 
-# The factories, as the reference's, building this MAGE.
-mage_from_config, mage_vit_base_patch16, mage_vit_large_patch16, mage_vit_tiny_test = reference.factories(MAGE)
+def mage_from_config(cfg: MAGEConfig, **kwargs) -> MAGE:
+    """MAGE of a configuration, the fast module; kwargs go to the constructor."""
+    return MAGE.from_config(cfg, **kwargs)
+
+
+def mage_vit_base_patch16(**kwargs) -> MAGE:
+    """MAGE-B as published, the fast module."""
+    return MAGE.from_config(CONFIGS["mage_vit_base_patch16"], **kwargs)
+
+
+def mage_vit_large_patch16(**kwargs) -> MAGE:
+    """MAGE-L as published, the fast module."""
+    return MAGE.from_config(CONFIGS["mage_vit_large_patch16"], **kwargs)
+
+
+def mage_vit_tiny_test(**kwargs) -> MAGE:
+    """The tiny configuration for CPU tests (not a published model), the fast module."""
+    return MAGE.from_config(CONFIGS["mage_vit_tiny_test"], **kwargs)
+
+
 IMPLEMENTATIONS = {"fast": MAGE, "reference": reference.MAGE}
 
 

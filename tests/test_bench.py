@@ -3,8 +3,10 @@ arithmetic, and machines without NVML."""
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from helpers import strict_json
 from mage_fast.bench import flops, measure
@@ -83,6 +85,37 @@ def test_training_cases_rotate_their_inputs(monkeypatch):
     for case in (seen[steps:2 * steps], seen[2 * steps:]):
         assert len({ptr for _, _, ptr, _ in case[:-1]}) == workloads.ROTATE and case[-1][2] == case[0][2]
         assert len({ratio for *_, ratio in case}) == len(case) and all(0.5 <= r <= 1 for *_, r in case)
+
+
+def test_training_rows_time_the_step_that_train_and_finetune_take(monkeypatch, tmp_path):
+    """The bench's training, class-conditional and fine-tuning rows call the run layer's
+    train_step, the function `train` and `finetune` call for every step (optimizer included),
+    and each row names it."""
+    from mage_fast.bench import workloads
+    from mage_fast.runs import steps
+    from mage_fast.training import TrainConfig, train
+    calls = []
+    real = steps.train_step
+
+    def spy(batches, accum, loss_of, optimization, ddp=None):
+        calls.append(type(optimization.optimizer).__name__)
+        return real(batches, accum, loss_of, optimization, ddp)
+    monkeypatch.setattr(steps, "train_step", spy)
+    cpu = torch.device("cpu")
+    rows = workloads.train_workloads("mage_vit_tiny_test", 1, cpu, warmup=0, repeats=1)
+    rows += workloads.class_conditional_workloads("mage_vit_tiny_test", 1, cpu, warmup=0, repeats=1)
+    rows += workloads.finetune_workloads("mage_vit_tiny_test", 1, cpu, warmup=0, repeats=1, num_classes=10)
+    assert len(calls) == len(rows) == 6 and set(calls) == {"AdamW"}
+    assert all("runs.steps.train_step" in r.as_dict()["step"] for r in rows)
+    assert [r.as_dict()["step"].split("`")[1] for r in rows] == ["mage-fast train"] * 4 + ["mage-fast finetune"] * 2
+    calls.clear()
+    image = tmp_path / "img"
+    image.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image / "0.png")
+    with torch.random.fork_rng():
+        train(TrainConfig(data=image, out=tmp_path / "out", model="mage_vit_tiny_test", device="cpu", batch_size=1,
+                          epochs=1, warmup_epochs=0))
+    assert calls == ["AdamW"]
 
 
 def test_finetune_cases_train_the_classifier_on_rotating_inputs(monkeypatch):

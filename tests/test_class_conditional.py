@@ -18,14 +18,15 @@ from mage_fast import model as fast
 from mage_fast.checkpoint import load_checkpoint
 from mage_fast.cli import main
 from mage_fast.configs import MASK_ID, NUM_TOKENS
+from mage_fast.model_settings import ModelSettings
 from mage_fast.reference import model as reference
 from mage_fast.reference.model import CLASS_KEYS, drop_labels, guidance_at
+from mage_fast.runs import freeze_unused
 from mage_fast.sampling import SampleConfig, image_label, image_path, image_seed
 from mage_fast.sampling.sampler import Sampler
-from mage_fast.settings import ModelSettings
-from mage_fast.training import TrainConfig, freeze_unused
+from mage_fast.training import UNUSED_BY_MAGE, TrainConfig
 from mage_fast.training.batches import Labels
-from mage_fast.training.optim import build_optimizer
+from mage_fast.training.optim import pretraining_optimizer
 from mage_fast.training.source import data_source
 
 TINY = ["--model", "mage_vit_tiny_test", "--device", "cpu"]
@@ -134,13 +135,13 @@ def test_a_frozen_encoder_gets_no_gradient_and_does_not_move():
     and get no .grad, are not in the optimizer, and the decoder and the label token train."""
     torch.manual_seed(0)
     model = fast.mage_vit_tiny_test(class_conditional=True, num_classes=2).train()
-    freeze_unused(model)
+    freeze_unused(model, UNUSED_BY_MAGE)
     model.freeze_encoder()
     encoder = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith(reference.ENCODER)}
     decoder = {n: p.detach().clone() for n, p in model.named_parameters()
                if n.startswith(("decoder_blocks.", "decoder_embed.", "class_emb.", "class_pos_embed"))}
     assert len(encoder) > 10 and len(decoder) > 10
-    optimizer = build_optimizer(model, 1e-3, 0.05)
+    optimizer = pretraining_optimizer(model, 1e-3, 0.05)
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert not any(id(p) in trained for n, p in model.named_parameters() if n in encoder)
     g = torch.Generator().manual_seed(1)

@@ -6,7 +6,9 @@ mixup, cutmix and RandAugment off; tests/test_finetune_timm.py covers them."""
 import argparse
 import json
 import math
+import os
 import shutil
+import signal
 import sys
 
 import numpy as np
@@ -18,11 +20,13 @@ from helpers import rel_err
 from mage_fast.cli import main
 from mage_fast.configs import TINY_TEST, MAGEConfig, VQGANConfig
 from mage_fast.data import EvalTransform
+from mage_fast.distributed import Dist
 from mage_fast.finetune import FinetuneConfig, config_for, eval_transform, load_pretrained, loop, param_groups_lrd
 from mage_fast.finetune.samples import Objective, require_timm
-from mage_fast.recognition.classifier import UNUSED, FastMAGEClassifier, MAGEClassifier, build_classifier
+from mage_fast.recognition.classifier import UNUSED_BY_CLASSIFIER, FastMAGEClassifier, MAGEClassifier, build_classifier
 from mage_fast.reference import mage_vit_tiny_test
-from mage_fast.training.optim import freeze_unused
+from mage_fast.runs import freeze_unused
+from mage_fast.runs.progress import Progress
 
 TINY = ["--model", "mage_vit_tiny_test", "--device", "cpu", "--workers", "0", "--log-every", "1"]
 NO_TIMM = ["--mixup", "0", "--cutmix", "0", "--aa", "none"]
@@ -176,7 +180,7 @@ def expected_groups(depth, global_pool, decay=0.65, wd=0.05):
 @pytest.mark.parametrize("global_pool", [True, False])
 def test_layer_decay_groups_follow_the_official_rule(global_pool):
     model = MAGEClassifier(TINY_TEST, 3, global_pool)
-    freeze_unused(model, UNUSED)    # as fine-tuning runs: the unused stay listed, the tokenizer not
+    freeze_unused(model, UNUSED_BY_CLASSIFIER)    # as fine-tuning runs: the unused stay listed, the tokenizer not
     groups = param_groups_lrd(model, 0.05, 0.65)
     name = {id(p): n for n, p in model.named_parameters()}
     got = [(g["lr_scale"], g["weight_decay"], [name[id(p)] for p in g["params"]]) for g in groups]
@@ -192,9 +196,10 @@ def test_recipe_defaults_and_bad_settings():
     assert config_for("mage_vit_large_patch16", data="d", val="v", out="o", epochs=10).epochs == 10
     with pytest.raises(ValueError, match="batch_size must be even"):
         FinetuneConfig("d", "v", "o", batch_size=3)
-    with pytest.raises(ValueError, match="layer_decay must be in.*drop_path must be in"):
+    with pytest.raises(ValueError, match=r"layer_decay must be a finite number in \(0, 1\].*drop_path must be a finite "
+                                         r"number in \[0, 1\)"):
         FinetuneConfig("d", "v", "o", layer_decay=0, drop_path=1.0)
-    with pytest.raises(ValueError, match="blr must be finite"):
+    with pytest.raises(ValueError, match="blr must be a finite number > 0"):
         FinetuneConfig("d", "v", "o", blr=math.inf)
 
 
@@ -392,7 +397,7 @@ def test_checkpoint_resumes_the_official_way(run):
     name = {id(p): n for n, p in official.named_parameters()}
     stepped = {name[id(p)] for p in optimizer.state}
     trainable = {n for n, p in official.named_parameters() if p.requires_grad}
-    assert stepped == {n for n in trainable if not n.startswith(UNUSED)}     # the unused never had a gradient
+    assert stepped == {n for n in trainable if not n.startswith(UNUSED_BY_CLASSIFIER)}  # never had a gradient
     for p, state in optimizer.state.items():
         assert state["exp_avg"].shape == p.shape and state["step"] == 4, name[id(p)]
     assert [g["lr_scale"] for g in ckpt["optimizer"]["param_groups"]] == [g["lr_scale"] for g in optimizer.param_groups]
@@ -418,6 +423,38 @@ def test_resume_continues_exactly(data, run):
     def after_mid(out):
         return [{k: v for k, v in r.items() if k != "images_per_s"} for r in log_lines(out) if r["step"] > MID]
     assert after_mid(resumed_out) == after_mid(run) and len(after_mid(run)) == 2   # the step and the validation
+
+
+@pytest.mark.machine
+def test_sigterm_saves_a_checkpoint_that_resumes_exactly(data, run, tmp_path, monkeypatch):
+    """SIGTERM after step 1 (a scheduler's preemption): the run saves step 1 and raises
+    KeyboardInterrupt; resumed to step MID, it is in the state the uninterrupted run had there,
+    bit for bit."""
+    done, step_done = [], Progress.step_done
+
+    def step_done_then_term(self):
+        step_done(self)
+        done.append(1)
+        if len(done) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(Progress, "step_done", step_done_then_term)
+    handler = signal.getsignal(signal.SIGTERM)
+    root, train, val = data
+    cfg = config_for("mage_vit_tiny_test", data=train, val=val, ckpt=root / "pre.pth", out=tmp_path, batch_size=1,
+                     accum_iter=2, epochs=2, warmup_epochs=0, lr=1e-2, layer_decay=0.3, mixup=0, cutmix=0, aa="none",
+                     workers=0, log_every=1)
+    with torch.random.fork_rng(), pytest.raises(KeyboardInterrupt, match="interrupted by SIGTERM at step 1 of 4"):
+        loop.finetune(cfg, Dist())
+    assert signal.getsignal(signal.SIGTERM) is handler     # the run's handler is gone
+    assert load(tmp_path / "checkpoint-last.pth")["train_state"]["step"] == 1
+    finetune(data, tmp_path, *RUN, "--max-steps", str(MID))
+    full, resumed = load(data[0] / "mid.pth"), load(tmp_path / "checkpoint-last.pth")
+    for k in full["model"]:
+        assert torch.equal(full["model"][k], resumed["model"][k]), k
+    for i, state in full["optimizer"]["state"].items():
+        for k in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(state[k], resumed["optimizer"]["state"][i][k]), (i, k)
+    assert full["train_state"] == resumed["train_state"]
 
 
 def test_evaluate_a_fine_tuned_checkpoint_and_resume_it(data, run, tmp_path, monkeypatch):
@@ -473,6 +510,14 @@ def test_commands_refuse_bad_input(data, run, tmp_path):
     with pytest.raises(SystemExit, match="not a fine-tuned MAGE classifier"):
         main(["evaluate", "--ckpt", str(root / "pre.pth"), "--data", str(val), "--device", "cpu",
               "--out", str(tmp_path / "e.json")])
+
+
+@pytest.mark.parametrize("flag", ["--batch-size=0", "--layer-decay=1.5", "--lr=nan", "--seed=-1", "--workers=-1",
+                                  "--mixup-prob=2", "--precision=fp8", "--model=mage_vit_huge"])
+def test_bad_numbers_are_usage_errors_naming_the_flag(tmp_path, flag, capsys):
+    with pytest.raises(SystemExit) as exit_:     # refused before the folders are read
+        main(["finetune", "--data", str(tmp_path), "--val", str(tmp_path), "--out", str(tmp_path), flag])
+    assert exit_.value.code == 2 and f"argument {flag.split('=')[0]}:" in capsys.readouterr().err
 
 
 def test_help_of_both_commands(capsys):

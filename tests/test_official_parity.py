@@ -21,12 +21,10 @@ from torch import nn
 import mage_fast
 from mage_fast.configs import MASK_ID, MAGEConfig, VQGANConfig
 from mage_fast.finetune import param_groups_lrd
-from mage_fast.finetune.optim import build_optimizer
-from mage_fast.recognition.classifier import IMPLEMENTATIONS, UNUSED, FastMAGEClassifier, build_classifier
+from mage_fast.finetune.optim import layer_decay_optimizer
+from mage_fast.recognition.classifier import IMPLEMENTATIONS, UNUSED_BY_CLASSIFIER, FastMAGEClassifier, build_classifier
 from mage_fast.reference import MAGE, mage_vit_base_patch16
-from mage_fast.training.batches import TrainOrder
-from mage_fast.training.optim import freeze_unused
-from mage_fast.training.state import save_checkpoint
+from mage_fast.runs import TrainOrder, freeze_unused, save_checkpoint
 
 OFFICIAL = os.environ.get("MAGE_OFFICIAL_REPO")
 pytestmark = pytest.mark.skipif(not OFFICIAL, reason="set MAGE_OFFICIAL_REPO to a checkout of LTH14/mage")
@@ -236,7 +234,7 @@ def test_layer_decay_groups_are_the_official_ones(finetune_pair, official):
     theirs, global_pool = finetune_pair
     expected = lrd.param_groups_lrd(theirs, 0.05, no_weight_decay_list=theirs.no_weight_decay(), layer_decay=0.65)
     ours = tiny_classifier(FastMAGEClassifier, global_pool)
-    freeze_unused(ours, UNUSED)   # as fine-tuning runs it: still listed
+    freeze_unused(ours, UNUSED_BY_CLASSIFIER)   # as fine-tuning runs it: still listed
     got = param_groups_lrd(ours, 0.05, 0.65)
 
     def named(groups, model):
@@ -253,8 +251,8 @@ def test_official_resume_loads_our_checkpoint(finetune_pair, official, images, t
     theirs, global_pool = finetune_pair
     ours = tiny_classifier(FastMAGEClassifier, global_pool).train()
     ours.load_state_dict(theirs.state_dict())
-    freeze_unused(ours, UNUSED)
-    optimizer = build_optimizer(ours, 1e-3, 0.05, 0.65)
+    freeze_unused(ours, UNUSED_BY_CLASSIFIER)
+    optimizer = layer_decay_optimizer(ours, 1e-3, 0.05, 0.65)
     ours(images).logsumexp(1).mean().backward()
     optimizer.step()
     path = tmp_path / "ckpt.pth"
@@ -269,7 +267,7 @@ def test_official_resume_loads_our_checkpoint(finetune_pair, official, images, t
     mine = {n: optimizer.state[p] for n, p in ours.named_parameters() if p in optimizer.state}
     landed = {name[id(p)]: s for p, s in official_optimizer.state.items()}
     assert landed.keys() == mine.keys() and len(mine) > 0
-    assert not any(n.startswith(UNUSED) for n in landed)
+    assert not any(n.startswith(UNUSED_BY_CLASSIFIER) for n in landed)
     for n, s in landed.items():
         torch.testing.assert_close(s["exp_avg"], mine[n]["exp_avg"], rtol=0, atol=0, msg=n)
     assert len(param_groups_lrd(ours, 0.05, 0.65)) == len(official_optimizer.param_groups)

@@ -23,10 +23,10 @@ from mage_fast.recognition import (
     linear_probe,
     load_encoder,
     load_features,
-    lr_at,
     save_features,
 )
 from mage_fast.recognition.linprobe import probe_schedule
+from mage_fast.runs import warmup_cosine_lr
 
 COLOURS = {"blue": (40, 40, 200), "green": (40, 200, 40), "red": (200, 40, 40)}
 PER_CLASS, CHUNK = 6, 4
@@ -389,9 +389,11 @@ def test_lars_step_is_the_official_update():
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    lrs = [lr_at(e, 1.6, 90, 10) for e in np.linspace(0, 90, 901)]
-    assert lrs[0] == 0 and lr_at(10, 1.6, 90, 10) == pytest.approx(1.6) and lrs[-1] == pytest.approx(0, abs=1e-12)
-    assert lr_at(5, 1.6, 90, 10) == pytest.approx(0.8) and lr_at(50, 1.6, 90, 10) == pytest.approx(0.8)
+    lrs = [warmup_cosine_lr(e, 1.6, 0, 10, 90) for e in np.linspace(0, 90, 901)]
+    assert lrs[0] == 0 and lrs[-1] == pytest.approx(0, abs=1e-12)
+    assert warmup_cosine_lr(10, 1.6, 0, 10, 90) == pytest.approx(1.6)
+    assert warmup_cosine_lr(5, 1.6, 0, 10, 90) == pytest.approx(0.8)
+    assert warmup_cosine_lr(50, 1.6, 0, 10, 90) == pytest.approx(0.8)
     assert np.all(np.diff(lrs[:101]) > 0) and np.all(np.diff(lrs[100:]) < 0)
 
 

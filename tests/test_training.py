@@ -6,20 +6,23 @@ import dataclasses
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from helpers import rel_err, strict_json
+from helpers import rel_err, strict_json, torch_threads
 from mage_fast import training
 from mage_fast.cli import main
 from mage_fast.data import ImageFolder
 from mage_fast.reference import mage_vit_tiny_test
-from mage_fast.training import TrainConfig, TrainOrder, TrainSamples, freeze_unused, lr_at, param_groups, scaled_lr
+from mage_fast.runs import TrainOrder, freeze_unused, scaled_lr, warmup_cosine_lr
+from mage_fast.training import UNUSED_BY_MAGE, TrainConfig, TrainSamples, param_groups
 
 TINY = ["--model", "mage_vit_tiny_test", "--device", "cpu", "--workers", "0", "--log-every", "1"]
 UNUSED = {"cls_token", "mask_token", "patch_embed.proj.weight", "patch_embed.proj.bias",
@@ -95,14 +98,14 @@ def official_param_groups(model, weight_decay):
 # ---------------------------------------------------------------- the recipe's pieces
 def test_lr_schedule_on_known_numbers():
     lr = 1e-3
-    assert lr_at(0, lr, 0, 40, 1600) == 0
-    assert lr_at(10, lr, 0, 40, 1600) == pytest.approx(2.5e-4)            # linear warm-up
-    assert lr_at(39.5, lr, 0, 40, 1600) == pytest.approx(lr * 39.5 / 40)  # fractional epochs
-    assert lr_at(40, lr, 0, 40, 1600) == pytest.approx(lr)
-    assert lr_at(820, lr, 0, 40, 1600) == pytest.approx(5e-4)             # half-way down the cosine
-    assert lr_at(560, lr, 0, 40, 1600) == pytest.approx(7.5e-4)           # a third: (1 + cos(pi/3)) / 2
-    assert lr_at(820, lr, 1e-4, 40, 1600) == pytest.approx(5.5e-4)
-    assert lr_at(1600, lr, 1e-5, 40, 1600) == pytest.approx(1e-5)
+    assert warmup_cosine_lr(0, lr, 0, 40, 1600) == 0
+    assert warmup_cosine_lr(10, lr, 0, 40, 1600) == pytest.approx(2.5e-4)            # linear warm-up
+    assert warmup_cosine_lr(39.5, lr, 0, 40, 1600) == pytest.approx(lr * 39.5 / 40)  # fractional epochs
+    assert warmup_cosine_lr(40, lr, 0, 40, 1600) == pytest.approx(lr)
+    assert warmup_cosine_lr(820, lr, 0, 40, 1600) == pytest.approx(5e-4)             # half-way down the cosine
+    assert warmup_cosine_lr(560, lr, 0, 40, 1600) == pytest.approx(7.5e-4)           # a third: (1 + cos(pi/3)) / 2
+    assert warmup_cosine_lr(820, lr, 1e-4, 40, 1600) == pytest.approx(5.5e-4)
+    assert warmup_cosine_lr(1600, lr, 1e-5, 40, 1600) == pytest.approx(1e-5)
 
 
 def test_lr_scaling_rule():
@@ -114,7 +117,7 @@ def test_parameter_groups_follow_timm_over_the_official_trainable_set():
     torch.manual_seed(0)
     model = mage_vit_tiny_test()
     unfrozen = official_param_groups(model, 0.05)
-    freeze_unused(model)
+    freeze_unused(model, UNUSED_BY_MAGE)
     no_decay, decay = param_groups(model, 0.05)
     assert (no_decay["weight_decay"], decay["weight_decay"]) == (0.0, 0.05)
     for ours, official in zip((no_decay, decay), unfrozen):   # the same tensors, in the same order
@@ -140,7 +143,7 @@ def test_frozen_parameters_are_exactly_those_the_forward_never_uses():
     model(torch.rand(1, 3, 256, 256), mask_ratio=0.7, noise=torch.rand(1, 256)).backward()
     no_grad = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
     assert no_grad == UNUSED
-    freeze_unused(model)
+    freeze_unused(model, UNUSED_BY_MAGE)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
@@ -253,7 +256,34 @@ def test_resume_continues_exactly(tmp_path):
     # The lr of step s (logged after it) follows the schedule at the fractional epoch (s - 1) / 2,
     # peaking at blr * (1 image x 1 process x 2 accumulated) / 256.
     peak = scaled_lr(1.5e-4, 2)
-    assert logged(tmp_path / "full", "lr") == pytest.approx([lr_at(s / 2, peak, 0, 1, 2) for s in range(4)])
+    assert logged(tmp_path / "full", "lr") == pytest.approx([warmup_cosine_lr(s / 2, peak, 0, 1, 2) for s in range(4)])
+
+
+@pytest.mark.machine
+def test_sigint_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+    """Ctrl-C to `mage-fast train` mid-run: it saves the step it is at, says so and exits
+    non-zero; resumed one step further it ends in the state of an uninterrupted run, bit for bit
+    (one thread in both processes: the same summation order)."""
+    data = image_folder(tmp_path / "img", 4)
+    common = ["--batch-size", "1", "--accum-iter", "2", "--epochs", "30", "--warmup-epochs", "1", "--keep-every", "0"]
+    cmd = [sys.executable, "-m", "mage_fast.cli", "train", "--data", str(data), "--out", str(tmp_path / "parts"),
+           *TINY, *common]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = tmp_path / "parts" / "log.jsonl"
+    while proc.poll() is None and not (log.exists() and log.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "interrupted" in err, err[-2000:]
+    step = load(tmp_path / "parts" / "checkpoint-last.pth")["train_state"]["step"]
+    assert 1 <= step < 60 and logged(tmp_path / "parts", "step")[-1] == step
+    with torch_threads(1):
+        train(data, tmp_path / "parts", *common, "--max-steps", str(step + 1))
+        train(data, tmp_path / "full", *common, "--max-steps", str(step + 1))
+    full, parts = (load(tmp_path / d / "checkpoint-last.pth") for d in ("full", "parts"))
+    assert_same_state(full, parts)
+    assert logged(tmp_path / "full", "loss") == logged(tmp_path / "parts", "loss")
 
 
 def test_fp16_resume_restores_the_loss_scaler(tmp_path):

@@ -1,7 +1,12 @@
 """The whole-model workloads `mage-fast bench` times side by side in one run: a training step
 from images (tokenizer, forward, backward, AdamW) and from cached token ids (no tokenizer), a
 class-conditional step over a frozen encoder, the tokenizer alone, a fine-tuning step and image
-generation (T steps and the VQGAN decode), unguided and guided."""
+generation (T steps and the VQGAN decode), unguided and guided.
+
+The training and fine-tuning rows time the step `mage-fast train` and `finetune` take: the run
+layer's train_step (runs.steps), with the recipe's optimizer, clipping and loss scaling, the
+gradients cleared after each step; each row says so in its `step`."""
+import dataclasses
 import gc
 import itertools
 import logging
@@ -13,11 +18,13 @@ import torch
 
 from ..configs import CONFIGS
 from ..cuda_graphs import capture
-from ..finetune.optim import build_optimizer as layer_decay_optimizer
+from ..finetune.config import FinetuneConfig
+from ..finetune.optim import layer_decay_optimizer
 from ..model import build_model
-from ..recognition.classifier import UNUSED as CLASSIFIER_UNUSED
-from ..recognition.classifier import build_classifier
-from ..training.optim import build_optimizer, freeze_unused
+from ..recognition.classifier import UNUSED_BY_CLASSIFIER, build_classifier
+from ..runs import Optimization, autocast, freeze_unused, steps
+from ..training.config import TrainConfig
+from ..training.optim import UNUSED_BY_MAGE, pretraining_optimizer
 from ..validation import PRECISIONS, default_precision, precision_name
 from .baselines import official_generate
 from .flops import (
@@ -31,6 +38,10 @@ from .measure import time_ms
 
 log = logging.getLogger(__name__)
 ROTATE = 3  # timed calls cycle through this many inputs, so none is served from a cache
+# The recipes' settings of the optimizer, as the runs take them by default.
+PRETRAINING = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+FINETUNING = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+TRAIN_STEP = "runs.steps.train_step, as `mage-fast {}` runs it: forward, backward, {}AdamW, loss scale"
 
 # The table of model workloads: Result.as_dict's fields, in the order they are shown.
 COLUMNS = ["workload", "implementation", "batch", "median_ms", "images_per_s", "tflops", "mfu", "peak_memory_gib",
@@ -47,6 +58,7 @@ class Result:
     peak_memory_gib: Optional[float] = None        # reserved by the allocator for the whole case, graph pools included
     baseline: Optional[str] = None                  # the implementation its speed-up is taken over
     baseline_workload: Optional[str] = None         # the baseline's workload, if not this one
+    step: Optional[str] = None                      # what a timed call runs, where it is a run's step
 
     @property
     def median_ms(self):
@@ -70,7 +82,8 @@ class Result:
                 "median_ms": self.median_ms, "ms": self.ms, "images_per_s": self.images_per_s,
                 "tflops": self.tflops, "mfu": self.mfu(peak_tflops), "flops_per_image": self.flops_per_image,
                 "peak_memory_gib": self.peak_memory_gib, "baseline": baseline,
-                "speedup": self.images_per_s / baseline_images_per_s if baseline_images_per_s else None}
+                "speedup": self.images_per_s / baseline_images_per_s if baseline_images_per_s else None,
+                **({"step": self.step} if self.step else {})}
 
 
 def as_rows(results: List[Result], peak_tflops: Optional[float]) -> List[dict]:
@@ -81,12 +94,12 @@ def as_rows(results: List[Result], peak_tflops: Optional[float]) -> List[dict]:
 
 
 def _measure(workload, impl, batch, fn, flops_per_image, device, warmup, repeats, baseline=None,
-             baseline_workload=None) -> Result:
+             baseline_workload=None, step=None) -> Result:
     """Times fn; the peak memory is the allocator's reserved peak since the case began
     (_fresh), so a CUDA graph's pool, captured before timing, counts like eager activations."""
     ms = time_ms(fn, device, warmup, repeats)
     peak = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None
-    return Result(workload, impl, batch, ms, flops_per_image, peak, baseline, baseline_workload)
+    return Result(workload, impl, batch, ms, flops_per_image, peak, baseline, baseline_workload, step)
 
 
 def _release():
@@ -104,24 +117,20 @@ def _fresh(device):
 
 
 def _train_step(model, dtype, capturable=False, input="images"):
-    """One optimizer step of the official recipe (AdamW 0.9/0.95, wd 0.05 off 1-D and biases,
-    clipping at 3.0); fp16 with a loss scaler as the official code runs it. The step takes
-    its batch as the forward's `input`: images, or tokens (ids)."""
-    freeze_unused(model)
-    opt = build_optimizer(model, 1e-4, 0.05, capturable)
-    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+    """The step of `mage-fast train` (runs.steps.train_step) with the recipe's optimizer (AdamW
+    0.9/0.95, wd 0.05 off 1-D and biases), clipping at 3.0 and, under fp16, a loss scaler. The
+    step takes its batch as the forward's `input`: images, or tokens (ids)."""
+    freeze_unused(model, UNUSED_BY_MAGE)
+    precision = precision_name(dtype)
+    optimizer = pretraining_optimizer(model, PRETRAINING["blr"], PRETRAINING["weight_decay"], capturable)
+    optimization = Optimization.of(optimizer, precision, PRETRAINING["clip_grad"])
     device = model.mlm_layer.bias.device
 
     def step(batch, mask_ratio=None, **labels):
-        opt.zero_grad(set_to_none=not capturable)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model(**{input: batch}, mask_ratio=mask_ratio, **labels)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
-        scaler.step(opt)
-        scaler.update()
-        return loss
+        def loss_of(batch, m):
+            with autocast(device, precision):
+                return model(**{input: batch}, mask_ratio=mask_ratio, **labels)
+        return steps.train_step(iter([batch]), 1, loss_of, optimization)[0]
     return step
 
 
@@ -173,7 +182,8 @@ def _train_case(workload, label, model_name, impl, dtype, graph, input, inputs, 
     else:
         ratios = torch.Generator().manual_seed(0)
         fn = lambda: step(next(batches), model.sample_mask_ratio(ratios))  # noqa: E731
-    return _measure(workload, label, len(inputs[0]), fn, flops, device, warmup, repeats, baseline, baseline_workload)
+    return _measure(workload, label, len(inputs[0]), fn, flops, device, warmup, repeats, baseline, baseline_workload,
+                    TRAIN_STEP.format("train", "clipping, "))
 
 
 CLASS_CONDITIONAL = "train class-conditional"
@@ -217,7 +227,7 @@ def _class_conditional_case(label, model_name, dtype, graph, inputs, device, war
             ids, labels = next(batches)
             return step(ids, model.sample_mask_ratio(ratios), labels=labels)
     return _measure(CLASS_CONDITIONAL, label, len(inputs[0][0]), fn, class_conditional_train_flops(CONFIGS[model_name]),
-                    device, warmup, repeats, label, FROM_TOKENS)
+                    device, warmup, repeats, label, FROM_TOKENS, TRAIN_STEP.format("train", "clipping, "))
 
 
 def tokenize_workload(model_name: str, batch: int, device: torch.device, warmup: int, repeats: int,
@@ -284,7 +294,7 @@ def finetune_workloads(model_name: str, batch: int, device: torch.device, warmup
         step = _finetune_step(model, case_dtype)
         batches = itertools.cycle(list(zip(images, targets)))
         return _measure("finetune", label, b, lambda: step(*[t[:b] for t in next(batches)]), flops, device,
-                        warmup, repeats, baseline)
+                        warmup, repeats, baseline, step=TRAIN_STEP.format("finetune", ""))
     results = [_largest_batch_that_fits(label, batch, device, lambda b: run(label, impl, case_dtype, b))
                for label, impl, case_dtype in cases]
     _release()
@@ -292,22 +302,21 @@ def finetune_workloads(model_name: str, batch: int, device: torch.device, warmup
 
 
 def _finetune_step(model, dtype):
-    """One optimizer step of the official fine-tuning recipe, without clipping (its default);
-    fp16 with a loss scaler as the official code runs it."""
-    freeze_unused(model, CLASSIFIER_UNUSED)
-    opt = layer_decay_optimizer(model, 1e-4, 0.05, 0.65)
-    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+    """The step of `mage-fast finetune` (runs.steps.train_step) with the recipe's optimizer
+    (AdamW 0.9/0.999 with layer-wise lr decay), no clipping (its default) and, under fp16, a
+    loss scaler; the loss over soft targets, as mixup gives them."""
+    freeze_unused(model, UNUSED_BY_CLASSIFIER)
+    precision = precision_name(dtype)
+    optimizer = layer_decay_optimizer(model, FINETUNING["blr"], FINETUNING["weight_decay"], FINETUNING["layer_decay"])
+    optimization = Optimization.of(optimizer, precision, FINETUNING["clip_grad"])
     device = model.head.weight.device
 
     def step(images, targets):
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = model(images)
-        loss = -(targets * logits.float().log_softmax(-1)).sum(-1).mean()
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        return loss
+        def loss_of(images, m):
+            with autocast(device, precision):
+                logits = model(images)
+            return -(targets * logits.float().log_softmax(-1)).sum(-1).mean()
+        return steps.train_step(iter([images]), 1, loss_of, optimization)[0]
     return step
 
 

@@ -55,10 +55,11 @@ def main(argv=None):
     try:
         resolve_model(args)
         return args.func(args) or 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if args.verbose:
             traceback.print_exc()
-        print(f"mage-fast {args.command}: interrupted", file=sys.stderr)
+        # A training run stopped by a signal says where it saved (runs/loop.py); Ctrl-C elsewhere says nothing.
+        print(f"mage-fast {args.command}: {one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except EXPECTED as e:
         if args.verbose:

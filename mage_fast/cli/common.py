@@ -24,7 +24,7 @@ import os
 from ..checkpoint import model_of_file
 from ..configs import CONFIGS
 from ..distributed import DEVICES, check_device
-from ..settings import ModelSettings
+from ..model_settings import ModelSettings
 from ..validation import COUNT, INTEGER, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, Numbers
 
 log = logging.getLogger("mage_fast")

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..distributed import check_device
 from ..files import atomic_write
-from ..settings import ModelSettings
+from ..model_settings import ModelSettings
 from ..validation import CHOICE_TEMPERATURE, NUM_ITER
 from .common import add_device, add_model_args, config_from_args, integer, number
 

@@ -12,7 +12,7 @@ import argparse
 import logging
 import os
 
-from ..settings import RANDOM_WEIGHTS_WARNING
+from ..model_settings import RANDOM_WEIGHTS_WARNING
 from .common import add_device, add_model_args, non_negative_int, positive_int
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import argparse
 
 from ..distributed import check_device
 from .common import positive_float, positive_int
-from .linprobe import add_train_val_args, load_train_val, write_json
+from .linprobe import add_train_val_args, load_train_val, write_results
 
 
 def shot_list(text):
@@ -40,4 +40,4 @@ def run(args):
     results = few_shot(train, val, args.shots, args.seeds, args.l2, check_device(args.device))
     for k, r in results.items():
         print(f"{k}-shot: top-1 {r['mean']:.2f} ± {r['std']:.2f}% over {args.seeds} seeds")
-    write_json(args, {str(k): r for k, r in results.items()})
+    write_results(args, {str(k): r for k, r in results.items()})

@@ -7,7 +7,7 @@ weights by a thousandth of their norm per step, so a small training set (one ste
 the schedule stretched to --min-steps steps; the output says which schedule ran.
 """
 from ..distributed import check_device
-from ..files import write_json as write_json_file
+from ..files import write_json
 from .common import add_device, integer, non_negative_float, non_negative_int, positive_float, positive_int
 
 
@@ -25,9 +25,10 @@ def load_train_val(args):
     return load_features(args.train), load_features(args.val)
 
 
-def write_json(args, results):
+def write_results(args, results):
+    """The results to --json, where it is given."""
     if args.json:
-        write_json_file(args.json, results)
+        write_json(args.json, results)
 
 
 def register(sub):
@@ -56,4 +57,4 @@ def run(args):
           f"{r['classes']} classes, {r['epochs']} epochs, {r['steps']} steps, batch {r['batch_size']}, "
           f"lr {r['lr']:.4g})")
     print(f"schedule: {r['schedule']}")
-    write_json(args, r)
+    write_results(args, r)

@@ -10,17 +10,18 @@ labels from the class subfolders (or the cache's index). Start it from an uncond
 checkpoint (--ckpt): the encoder stays frozen (--train-encoder to train it too) and the decoder
 learns the labels, each dropped to "no class" with probability --label-drop for guidance.
 
-OUT/checkpoint-last.pth is rewritten atomically every --save-every steps, at each epoch end
-and at the stop; OUT/checkpoint-<epoch>.pth is kept every --keep-every epochs. Both are in the
-official format. A run started again with the same OUT continues at the exact step it stopped
-(--resume auto). Several GPUs or nodes: start it under torchrun, e.g.
+OUT/checkpoint-last.pth is rewritten atomically every --save-every steps, at each epoch end,
+at the stop and on Ctrl-C or SIGTERM (at the end of the step in progress);
+OUT/checkpoint-<epoch>.pth is kept every --keep-every epochs. Both are in the official format.
+A run started again with the same OUT continues at the exact step it stopped (--resume auto).
+Several GPUs or nodes: start it under torchrun, e.g.
   torchrun --nproc_per_node 8 $(which mage-fast) train --data DIR --out OUT --vqgan-ckpt CKPT
 """
 import argparse
 import logging
 
 from ..training import TrainConfig
-from .common import add_model_args, add_setting, config_from_args
+from .common import TORCHRUN_DEVICE_HELP, add_model_args, add_setting, config_from_args, device
 
 
 def register(sub):
@@ -60,8 +61,7 @@ def register(sub):
     setting("max_steps", "stop (and save) at this global step, e.g. for smoke runs")
     setting("compile", "torch.compile the model")
     setting("log_every", "log the loss every N steps (default: %(default)s)")
-    setting("device", "cuda or cpu (default: cuda if available; under torchrun each process takes the GPU of "
-                      "its local rank)")
+    setting("device", TORCHRUN_DEVICE_HELP, type=device)
     setting("class_conditional", "train a class-conditional model (labels from the class subfolders, at least two); "
                                  "with --ckpt an unconditional checkpoint, its label token starts fresh")
     setting("num_classes", "classes of the label embedding (default: the data's number of classes)")
@@ -73,13 +73,8 @@ def register(sub):
 def run(args):
     from .. import distributed
     from ..training import train
-    try:
-        config = config_from_args(TrainConfig, args)
-        ctx = distributed.init(config.device)
-        if not ctx.is_main:  # one process reports for all
-            logging.getLogger("mage_fast").setLevel(logging.WARNING)
-        train(config, ctx)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        raise SystemExit(f"mage-fast train: {e}") from None
-    finally:
-        distributed.shutdown()
+    config = config_from_args(TrainConfig, args)
+    ctx = distributed.init(config.device)
+    if not ctx.is_main:  # one process reports for all
+        logging.getLogger("mage_fast").setLevel(logging.WARNING)
+    train(config, ctx)

@@ -1,25 +1,21 @@
-"""The fine-tuning loop (LTH14/mage main_finetune.py, engine_finetune.py), on one process or under
-torchrun with DDP: `finetune(cfg, ctx)` with a FinetuneConfig and a mage_fast.distributed.Dist."""
-import contextlib
-import dataclasses
+"""The fine-tuning loop (LTH14/mage main_finetune.py, engine_finetune.py) on the run layer
+(runs.Run), on one process or under torchrun with DDP: the classifier, its augmented images and
+mixed targets, its loss, and a validation at each epoch's end. `finetune(cfg, ctx)` takes a
+FinetuneConfig and a mage_fast.distributed.Dist."""
 import logging
 import os
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from ..data import ImageFolder
 from ..files import append_json_line
-from ..recognition.classifier import UNUSED, build_classifier
+from ..recognition.classifier import UNUSED_BY_CLASSIFIER, build_classifier
+from ..runs import Run, autocast, freeze_unused, keep_copy, restore, resume_file, save_checkpoint, seed_dropout
+from ..runs.interrupt import ignore_interrupts
 from ..settings import as_namespace
-from ..training.batches import TrainOrder, seed_dropout
-from ..training.optim import freeze_unused, lr_at, optimizer_step, scaled_lr
-from ..training.progress import Progress
-from ..training.state import LAST, keep_copy, restore_state, resume_path, save_checkpoint
-from ..validation import PRECISIONS
 from .config import FinetuneConfig
 from .evaluate import eval_transform, validate
-from .optim import build_optimizer, set_lr
+from .optim import layer_decay_optimizer
 from .samples import FinetuneSamples, Objective, rand_augment
 from .weights import load_pretrained
 
@@ -45,123 +41,76 @@ def _model(cfg: FinetuneConfig, num_classes: int, resuming: bool, ctx):
         report = load_pretrained(model, cfg.ckpt, cfg.vqgan_ckpt, cfg.trusted, seed=cfg.seed)
         if ctx.is_main:
             log.info("pretrained weights from %s: %s", cfg.ckpt, report)
-    freeze_unused(model, UNUSED)
+    freeze_unused(model, UNUSED_BY_CLASSIFIER)
     return model.to(ctx.device).train()
-
-
-def _resume_file(cfg: FinetuneConfig, ctx):
-    path = resume_path(cfg.resume, cfg.out)
-    found = int(path is not None)
-    if ctx.min_int(found) != -ctx.min_int(-found):  # on several nodes OUT must be shared
-        raise ValueError(f"only some ranks see {os.path.join(cfg.out, LAST)}: put --out on a shared filesystem")
-    return path
-
-
-def _log(progress: Progress, record: dict):
-    append_json_line(progress.log_path, record)
 
 
 def finetune(cfg: FinetuneConfig, ctx) -> dict:
     """Fine-tune until cfg.epochs (or cfg.max_steps) total steps. Each epoch ends with top-1 and
     top-5 on cfg.val (logged to OUT/log.jsonl), OUT/checkpoint-best.pth when top-1 improves, and
-    OUT/checkpoint-last.pth, also written every cfg.save_every steps and at the stop. Returns the
-    last validation (empty if no epoch ended)."""
-    cuda = ctx.device.type == "cuda"
+    OUT/checkpoint-last.pth, also written every cfg.save_every steps, at the stop and on
+    SIGINT/SIGTERM (then raising KeyboardInterrupt). Returns the last validation (empty if no
+    epoch ended)."""
+    cfg = cfg.for_device(ctx.device.type)
     train_set, val_set = _datasets(cfg)
-    resume = _resume_file(cfg, ctx)
+    num_classes = len(train_set.classes)
+    resume = resume_file(cfg.resume, cfg.out, ctx)
     if resume is None and cfg.ckpt is None:
         raise ValueError("give the pretrained MAGE checkpoint to fine-tune (--ckpt)")
-    num_classes = len(train_set.classes)
-    order = TrainOrder(len(train_set), cfg.batch_size, cfg.accum_iter, cfg.seed, ctx.rank, ctx.world_size)
-    spe, accum = order.steps_per_epoch, cfg.accum_iter
-    total = cfg.epochs * spe
-    stop = min(total, cfg.max_steps or total)
-    peak_lr = cfg.lr or scaled_lr(cfg.blr, order.images_per_step)
-    args = as_namespace(cfg, lr=peak_lr, nb_classes=num_classes, classes=train_set.classes)
+    run = Run(cfg, ctx, len(train_set), resume)
+    args = as_namespace(cfg, lr=run.peak_lr, nb_classes=num_classes, classes=train_set.classes)
     objective = Objective(cfg, num_classes)  # before anything heavy: says early if timm is missing
     augment = rand_augment(cfg.aa, 256) if cfg.augmenting else None
-    os.makedirs(cfg.out, exist_ok=True)
-    torch.backends.cudnn.benchmark = True
 
-    model = _model(cfg, num_classes, resume is not None, ctx)
-    optimizer = build_optimizer(model, peak_lr, cfg.weight_decay, cfg.layer_decay)
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.precision == "fp16")
-    state = restore_state(resume, model, optimizer, scaler, order) if resume else {"step": 0}
-    step, best = state["step"], state.get("best_top1")
+    model = _model(cfg, num_classes, run.resume is not None, ctx)
+    optimization = run.optimization(layer_decay_optimizer(model, run.peak_lr, cfg.weight_decay, cfg.layer_decay))
+    optimizer, scaler = optimization.optimizer, optimization.scaler
+    state = restore(run.resume, model, optimizer, scaler, run.order) if run.resume else {"step": 0}
+    start, best = state["step"], state.get("best_top1")
     if ctx.is_main:
         print(f"{len(train_set)} training images in {num_classes} classes, {len(val_set)} for validation; "
-              f"{spe} steps/epoch of {order.images_per_step} images (batch {cfg.batch_size} x {ctx.world_size} "
-              f"process(es) x {accum} accumulated), lr {peak_lr:.3e}, layer decay {cfg.layer_decay}, "
-              f"{cfg.precision}, {cfg.impl} {cfg.model} on {ctx.device}; "
-              + (f"resuming at step {step} from {resume}" if resume else "starting at step 0"))
-    if step >= stop:
+              + run.describe(start, f"layer decay {cfg.layer_decay}, {cfg.impl} {cfg.model} on {ctx.device}"))
+    device = ctx.device
+    validation = {"metrics": {}, "best": best, "improved": False}
+
+    def loss_of(net, batch, micro):
+        images, labels = batch
+        images, targets = objective.targets(images.to(device, non_blocking=True),
+                                            labels.to(device, non_blocking=True), micro, ctx.rank)
+        seed_dropout(cfg.seed, micro, ctx.rank)
+        with autocast(device, cfg.precision):
+            logits = net(images)
+        return objective.loss(logits, targets)
+
+    def epoch_end(step, progress):
+        metrics = validate(model, val_set, cfg.eval_batch_size or cfg.batch_size, ctx, cfg.precision, cfg.workers)
+        best = validation["best"]
+        improved = best is None or metrics["top1"] > best
+        validation.update(metrics=metrics, best=metrics["top1"] if improved else best, improved=improved)
         if ctx.is_main:
-            print(f"nothing to do: the run is at step {step} of {stop}")
-        return {}
+            epoch, best = step // run.steps_per_epoch - 1, validation["best"]
+            progress.bar.write(f"epoch {epoch}: val top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
+                               f"loss {metrics['loss']:.4f}  (best top-1 {best:.2f}%)")
+            append_json_line(progress.log_path, {"step": step, "epoch": epoch,
+                                                 **{f"val_{k}": v for k, v in metrics.items()}, "best_top1": best})
 
-    # Every trainable parameter gets a gradient (the unused ones are frozen); the only buffer is
-    # a constant (the token position ids).
-    ddp = DistributedDataParallel(model, device_ids=[ctx.device] if cuda else None,
-                                  broadcast_buffers=False) if ctx.world_size > 1 else None
-    net = ddp or model
+    def save(step, at_epoch_end):
+        extra = {"best_top1": validation["best"]}
+        if at_epoch_end and validation["improved"]:
+            # best first: a kill between the two leaves a last checkpoint from before this
+            # epoch, whose resume evaluates the epoch again and rewrites both.
+            best_path = os.path.join(cfg.out, BEST)
+            save_checkpoint(best_path, model, optimizer, scaler, args, run.order, step, extra=extra)
+            keep_copy(best_path, run.last)
+        else:
+            save_checkpoint(run.last, model, optimizer, scaler, args, run.order, step, extra=extra)
+
     loader = torch.utils.data.DataLoader(
-        FinetuneSamples(train_set, cfg.seed, augment), batch_sampler=dataclasses.replace(order, start=step, stop=stop),
-        num_workers=cfg.workers, pin_memory=cuda)
-    batches = iter(loader)
-    progress = Progress(ctx, cfg.out, step, stop, order.images_per_step, spe)
-    dtype = PRECISIONS[cfg.precision]
-    metrics = {}
-    try:
-        while step < stop:
-            lr = lr_at(step / spe, peak_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
-            set_lr(optimizer, lr)
-            for m in range(accum):
-                images, labels = next(batches)
-                micro = step * accum + m
-                images, targets = objective.targets(images.to(ctx.device, non_blocking=True),
-                                                    labels.to(ctx.device, non_blocking=True), micro, ctx.rank)
-                seed_dropout(cfg.seed, micro, ctx.rank)
-                # Gradients are all-reduced once per step, in the last micro-batch's backward.
-                with ddp.no_sync() if ddp and m < accum - 1 else contextlib.nullcontext():
-                    with torch.autocast(ctx.device.type, dtype=dtype, enabled=dtype != torch.float32):
-                        logits = net(images)
-                    loss = objective.loss(logits, targets)
-                    scaler.scale(loss / accum).backward()
-                progress.add_loss(loss)
-            optimizer_step(optimizer, scaler, params, cfg.clip_grad)
-            step += 1
-            progress.step_done()
-
-            epoch_end = step % spe == 0
-            save = epoch_end or step == stop or (cfg.save_every and step % cfg.save_every == 0)
-            if save or step % cfg.log_every == 0:
-                progress.report(step, lr)
-            if epoch_end:
-                metrics = validate(model, val_set, cfg.eval_batch_size or cfg.batch_size, ctx, cfg.precision,
-                                   cfg.workers)
-                improved = best is None or metrics["top1"] > best
-                best = metrics["top1"] if improved else best
-                if ctx.is_main:
-                    progress.bar.write(f"epoch {step // spe - 1}: val top-1 {metrics['top1']:.2f}%  "
-                                       f"top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
-                                       f"(best top-1 {best:.2f}%)")
-                    _log(progress, {"step": step, "epoch": step // spe - 1,
-                                    **{f"val_{k}": v for k, v in metrics.items()}, "best_top1": best})
-            if save and ctx.is_main:
-                last, extra = os.path.join(cfg.out, LAST), {"best_top1": best}
-                if epoch_end and improved:
-                    # best first: a kill between the two leaves a last checkpoint from before this
-                    # epoch, whose resume evaluates the epoch again and rewrites both.
-                    best_path = os.path.join(cfg.out, BEST)
-                    save_checkpoint(best_path, model, optimizer, scaler, args, order, step, extra=extra)
-                    keep_copy(best_path, last)
-                else:
-                    save_checkpoint(last, model, optimizer, scaler, args, order, step, extra=extra)
-    finally:
-        progress.close()
-    ctx.barrier()
-    if ctx.is_main:
-        print(f"stopped at step {step} of {total}; checkpoints: {os.path.join(cfg.out, LAST)}"
+        FinetuneSamples(train_set, cfg.seed, augment), batch_sampler=run.order_from(start), num_workers=cfg.workers,
+        pin_memory=device.type == "cuda", worker_init_fn=ignore_interrupts)
+    step = run.loop(start, model, optimization, iter(loader), loss_of, save, epoch_end)
+    if ctx.is_main and step > start:
+        best = validation["best"]
+        print(f"stopped at step {step} of {run.total}; checkpoints: {run.last}"
               + (f", {os.path.join(cfg.out, BEST)} (top-1 {best:.2f}%)" if best is not None else ""))
-    return metrics
+    return validation["metrics"]

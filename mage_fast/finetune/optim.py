@@ -1,11 +1,13 @@
 """Layer-wise lr decay (BEiT's, as the official util/lr_decay.py applies it) and the fine-tuning
-optimizer: AdamW (0.9, 0.999) over one group per (layer, decay or not)."""
+optimizer: AdamW (0.9, 0.999) over one group per (layer, decay or not), each at the run's lr
+times its lr_scale (runs.set_lr)."""
 from typing import List
 
 import torch
 from torch import nn
 
-from ..recognition.classifier import UNUSED
+from ..recognition.classifier import UNUSED_BY_CLASSIFIER
+from ..runs.optim import adamw
 
 BETAS = (0.9, 0.999)
 NO_WEIGHT_DECAY = ("cls_token", "pos_embed")  # timm's ViT.no_weight_decay()
@@ -32,7 +34,7 @@ def param_groups_lrd(model: nn.Module, weight_decay: float, layer_decay: float) 
     num_layers = len(model.blocks) + 1
     groups = {}
     for name, p in model.named_parameters():
-        if not (p.requires_grad or name.startswith(UNUSED)):
+        if not (p.requires_grad or name.startswith(UNUSED_BY_CLASSIFIER)):
             continue
         no_decay = p.ndim == 1 or name in NO_WEIGHT_DECAY
         layer = layer_id(name, num_layers)
@@ -43,12 +45,6 @@ def param_groups_lrd(model: nn.Module, weight_decay: float, layer_decay: float) 
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, layer_decay: float) -> torch.optim.AdamW:
-    fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(param_groups_lrd(model, weight_decay, layer_decay), lr=lr, betas=BETAS, fused=fused)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float):
-    """The official adjust_learning_rate: each group at lr times its scale."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group["lr_scale"]
+def layer_decay_optimizer(model: nn.Module, lr: float, weight_decay: float, layer_decay: float) -> torch.optim.AdamW:
+    """AdamW (0.9, 0.999) over param_groups_lrd."""
+    return adamw(param_groups_lrd(model, weight_decay, layer_decay), lr, BETAS)

@@ -1,5 +1,5 @@
 """What each fine-tuning step sees, every random draw a function of (seed, counters) as in
-pretraining (training.batches), so a resumed run takes the same steps:
+pretraining (runs.seeds), so a resumed run takes the same steps:
 
 - the crop and flip of an image by (epoch, image), from torch generators, resized bicubically;
 - its RandAugment by (epoch, image): timm draws from Python's `random` and numpy's global RNG,
@@ -22,10 +22,8 @@ from PIL import Image
 
 from ..data import ImageFolder, TrainTransform, to_tensor
 from ..reference.layers import label_smoothed_nll
-from ..training.batches import CROP, generator, seed_of
+from ..runs.seeds import AUGMENT, CROP, MIXUP, generator, seed_of
 from .config import FinetuneConfig
-
-AUGMENT, MIXUP = 100, 101  # streams of the run seed beyond training.batches' own
 
 
 def require_timm(what: str):

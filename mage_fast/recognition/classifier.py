@@ -28,7 +28,7 @@ from ..validation import check_images, values_checkable
 # timm's default image size: the official model keeps it, so pos_embed has 14 x 14 + 1 rows.
 TIMM_IMAGE_SIZE, PATCH_SIZE = 224, 16
 # Parameters the forward never reads (registered only for the official keys).
-UNUSED = ("cls_token", "pos_embed", "patch_embed.")
+UNUSED_BY_CLASSIFIER = ("cls_token", "pos_embed", "patch_embed.")
 
 
 class MAGEClassifier(nn.Module):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..runs.optim import warmup_cosine_lr
 from .store import FeatureSet, labelled_pair
 
 
@@ -57,14 +58,6 @@ class LARS(torch.optim.Optimizer):
                 state["momentum"].mul_(group["momentum"]).add_(update)
                 p.add_(state["momentum"], alpha=-group["lr"])
         return loss
-
-
-def lr_at(epoch: float, lr: float, epochs: float, warmup_epochs: float) -> float:
-    """The official per-iteration schedule at fractional `epoch`: linear warm-up, then a
-    half-cycle cosine down to 0 at `epochs`."""
-    if epoch < warmup_epochs:
-        return lr * epoch / warmup_epochs
-    return lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs)))
 
 
 def topk_hits(top: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -123,7 +116,7 @@ def linear_probe(train: FeatureSet, val: FeatureSet, epochs: int = 90, batch_siz
         order = torch.randperm(len(x), generator=generator).to(device)
         for step in range(steps):
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(epoch + step / steps, lr, run_epochs, warmup)
+                group["lr"] = warmup_cosine_lr(epoch + step / steps, lr, 0.0, warmup, run_epochs)
             idx = order[step * batch:(step + 1) * batch]
             loss = F.cross_entropy(head(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)

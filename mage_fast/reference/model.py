@@ -8,7 +8,6 @@ parameters included), so official checkpoints load with strict=True. A class-con
 """
 import contextlib
 import dataclasses
-import functools
 import math
 from typing import Optional, Sequence, Union
 
@@ -425,13 +424,21 @@ class MAGE(nn.Module):
         return filled
 
 
-def factories(cls):
-    """What each implementation's module exports to build `cls` (the reference MAGE or a
-    subclass): mage_from_config(cfg, **kwargs), then one constructor per named configuration,
-    in the order of CONFIGS (mage_vit_base_patch16(**kwargs), ...); kwargs go to the
-    constructor. Unpacked into names, so that readers and tools see them."""
-    return (cls.from_config, *(functools.partial(cls.from_config, cfg) for cfg in CONFIGS.values()))
+def mage_from_config(cfg: MAGEConfig, **kwargs) -> MAGE:
+    """MAGE of a configuration, the reference; kwargs go to the constructor."""
+    return MAGE.from_config(cfg, **kwargs)
 
 
-# The published sizes and a tiny configuration for CPU tests (not a published model).
-mage_from_config, mage_vit_base_patch16, mage_vit_large_patch16, mage_vit_tiny_test = factories(MAGE)
+def mage_vit_base_patch16(**kwargs) -> MAGE:
+    """MAGE-B as published, the reference."""
+    return MAGE.from_config(CONFIGS["mage_vit_base_patch16"], **kwargs)
+
+
+def mage_vit_large_patch16(**kwargs) -> MAGE:
+    """MAGE-L as published, the reference."""
+    return MAGE.from_config(CONFIGS["mage_vit_large_patch16"], **kwargs)
+
+
+def mage_vit_tiny_test(**kwargs) -> MAGE:
+    """The tiny configuration for CPU tests (not a published model), the reference."""
+    return MAGE.from_config(CONFIGS["mage_vit_tiny_test"], **kwargs)

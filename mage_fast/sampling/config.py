@@ -3,7 +3,8 @@
 import dataclasses
 from typing import List, Optional, Union
 
-from ..settings import ModelSettings, check_settings, setting
+from ..model_settings import ModelSettings
+from ..settings import check_settings, setting
 from ..validation import (
     CHOICE_TEMPERATURE,
     COUNT,

@@ -1,18 +1,10 @@
-"""What each training step sees, as pure functions of the run's seed and of counters.
-
-No random draw of a step comes from a process's RNG state: each is seeded by (seed, stream,
-counters): the data order by the epoch, an image's crop and flip by (epoch, image) (from a
-token cache: which of its views by (epoch, image), a view's crop by (image, view)), the mask
-ratio by the global micro-batch, the noise that picks the dropped and masked tokens by
-(micro-batch, row of the global micro-batch), a class-conditional run's label dropout by
-(micro-batch, row) too, and dropout by (micro-batch, rank). Hence
-- a resumed run continues the exact sequence of an uninterrupted one, with no RNG state to
-  save, whatever the number of DataLoader workers;
-- a global batch does not depend on how it is split: rank r of W takes rows [r*b, (r+1)*b)
-  of each global micro-batch of W*b rows, so W processes at batch b see the images, crops,
-  mask ratios and noise that one process at batch W*b sees (dropout aside).
-The order is DistributedSampler's contract: a fresh permutation of the images every epoch,
-each image at most once per epoch, the tail that does not fill a step dropped.
+"""What each pretraining step sees, as pure functions of the run's seed and of counters
+(runs.seeds): an image's crop and flip by (epoch, image) (from a token cache: which of its views
+by (epoch, image), a view's crop by (image, view)), the mask ratio by the global micro-batch,
+the noise that picks the dropped and masked tokens by (micro-batch, row of the global
+micro-batch), and a class-conditional run's label dropout by (micro-batch, row) too. The keys
+come from runs.TrainOrder, so W processes at batch b see the images, crops, mask ratios and
+noise that one process at batch W*b sees, and a resumed run the draws of an uninterrupted one.
 """
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -23,73 +15,8 @@ import torch
 from ..configs import NUM_TOKENS
 from ..data import ImageFolder, TrainTransform
 from ..reference.model import drop_labels
+from ..runs.seeds import CROP, LABEL_DROP, NOISE, RATIO, VIEW, VIEW_CROP, generator
 from .token_cache import TokenCache
-
-# Independent streams of one seed: a training run's, then a token cache's views and the view
-# each image is trained on in an epoch (a run from a cache), then label dropout.
-ORDER, CROP, RATIO, NOISE, DROPOUT, VIEW_CROP, VIEW, LABEL_DROP = range(8)
-
-
-def seed_of(*keys: int) -> int:
-    """A 64-bit seed hashed from non-negative ints (SeedSequence: other keys, independent streams)."""
-    return int(np.random.SeedSequence(keys).generate_state(1, np.uint64)[0])
-
-
-def generator(*keys: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed_of(*keys))
-
-
-@dataclass(frozen=True)
-class TrainOrder:
-    """The batch sampler of one rank: the keys (epoch, image, micro-batch, row) of each of its
-    micro-batches from global step `start` to `stop` (default: the end of the first epoch).
-    A step is `accum` micro-batches of `batch` images per rank."""
-    num_images: int
-    batch: int
-    accum: int
-    seed: int
-    rank: int = 0
-    world: int = 1
-    start: int = 0
-    stop: Optional[int] = None
-
-    def __post_init__(self):
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"a step takes {self.images_per_step} images (batch {self.batch} x {self.world} "
-                f"process(es) x {self.accum} accumulation steps) but the folder holds only "
-                f"{self.num_images}: use a smaller --batch-size or --accum-iter")
-
-    @property
-    def images_per_step(self) -> int:
-        return self.batch * self.world * self.accum
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.num_images // self.images_per_step
-
-    @property
-    def settings(self) -> dict:
-        """What fixes the order of the images and the draws: a resume must keep them."""
-        return {"seed": self.seed, "num_images": self.num_images, "global_batch": self.batch * self.world,
-                "accum_iter": self.accum}
-
-    def _stop(self) -> int:
-        return self.steps_per_epoch if self.stop is None else self.stop
-
-    def __len__(self):
-        return (self._stop() - self.start) * self.accum
-
-    def __iter__(self):
-        spe, rows = self.steps_per_epoch, self.batch * self.world
-        for step in range(self.start, self._stop()):
-            epoch, in_epoch = divmod(step, spe)
-            if in_epoch == 0 or step == self.start:
-                order = torch.randperm(self.num_images, generator=generator(self.seed, ORDER, epoch))
-            for m in range(self.accum):
-                first = (in_epoch * self.accum + m) * rows + self.rank * self.batch
-                yield [(epoch, int(order[first + j]), step * self.accum + m, self.rank * self.batch + j)
-                       for j in range(self.batch)]
 
 
 def noise_of(seed: int, micro: int, row: int) -> torch.Tensor:
@@ -183,8 +110,3 @@ class TokenBatches(torch.utils.data.Dataset):
 def mask_ratio(model, seed: int, micro: int) -> float:
     """The mask ratio of a global micro-batch: one draw, the same on every rank."""
     return model.sample_mask_ratio(generator(seed, RATIO, micro))
-
-
-def seed_dropout(seed: int, micro: int, rank: int):
-    """Seed the process RNG (dropout's) for a micro-batch: each rank its own stream."""
-    torch.manual_seed(seed_of(seed, DROPOUT, micro, rank))

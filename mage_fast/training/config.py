@@ -3,7 +3,8 @@
 import dataclasses
 from typing import Optional
 
-from ..settings import ModelSettings, check_settings, setting
+from ..model_settings import ModelSettings
+from ..settings import check_settings, setting
 from ..validation import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, PRECISIONS, Numbers, default_precision
 
 

@@ -7,7 +7,9 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..data import ImageFolder
-from .batches import Labels, TokenBatches, TrainOrder, TrainSamples
+from ..runs.interrupt import ignore_interrupts
+from ..runs.order import TrainOrder
+from .batches import Labels, TokenBatches, TrainSamples
 from .token_cache import TokenCache
 
 
@@ -30,10 +32,10 @@ class DataSource:
         """The micro-batches of `order`: (images or int16 ids, noise), and the labels of a
         class-conditional run."""
         if self.cache:  # the dataset takes a whole micro-batch's keys: one read each
-            return torch.utils.data.DataLoader(self.dataset, sampler=order, batch_size=None,
-                                               num_workers=workers, pin_memory=pin_memory)
+            return torch.utils.data.DataLoader(self.dataset, sampler=order, batch_size=None, num_workers=workers,
+                                               pin_memory=pin_memory, worker_init_fn=ignore_interrupts)
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=order, num_workers=workers,
-                                           pin_memory=pin_memory)
+                                           pin_memory=pin_memory, worker_init_fn=ignore_interrupts)
 
     def check_tokenizer(self, model, weights: str):
         """A cache made with other tokenizer weights than the model's is refused."""

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..chunks import MANIFEST, barrier, check_sizes, chunk_path, plan, prepare_partial, rank_and_world
+from ..chunks import CHUNK_MANIFEST, barrier, check_sizes, chunk_path, plan, prepare_partial, rank_and_world
 from ..configs import NUM_TOKENS
 from ..data import EvalTransform, ImageFolder, TrainTransform, files_sha1
 from ..files import write_json
@@ -116,7 +116,7 @@ def tokenize_folder(model, folder: ImageFolder, out: str, views: int, seed: int 
     write_json(os.path.join(partial, INDEX), index, indent=None)
     for k in range(len(work.chunks)):
         os.remove(chunk_path(partial, k))
-    os.remove(os.path.join(partial, MANIFEST))
+    os.remove(os.path.join(partial, CHUNK_MANIFEST))
     if overwrite and os.path.exists(out):
         shutil.rmtree(out)
     os.rename(partial, out)

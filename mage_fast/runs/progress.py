@@ -1,4 +1,4 @@
-"""Progress of a training run: a tqdm bar (loss, lr, images/s, ETA), a log line and a line of
+"""Progress of a run (pretraining or fine-tuning): a tqdm bar (loss, lr, images/s, ETA), a log line and a line of
 OUT/log.jsonl at each report, on rank 0. The loss is summed on the device between reports, so
 steps in between need no host sync."""
 import math

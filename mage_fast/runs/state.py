@@ -1,8 +1,9 @@
-"""Training checkpoints: the official format ({'model', 'optimizer', 'epoch', 'scaler', 'args'},
-`model` the unwrapped module's full state_dict, so it loads strictly into the official model
-and ours) plus `train_state`, what an exact resume needs beyond it.
+"""Run checkpoints (of `mage-fast train` and `finetune`): the official format ({'model',
+'optimizer', 'epoch', 'scaler', 'args'}, `model` the unwrapped module's full state_dict, so it
+loads strictly into the official model and ours) plus `train_state`, what an exact resume needs
+beyond it.
 
-No RNG state is saved: every draw of a step is a function of (seed, counters) (see batches.py),
+No RNG state is saved: every draw of a step is a function of (seed, counters) (runs.seeds),
 so the global step restores them all."""
 import argparse
 import os
@@ -13,7 +14,7 @@ import torch
 
 from ..checkpoint import read_file
 from ..files import atomic_write
-from .batches import TrainOrder
+from .order import TrainOrder
 
 LAST = "checkpoint-last.pth"
 
@@ -72,18 +73,22 @@ def resume_path(resume: str, out: str) -> Optional[str]:
     return resume
 
 
+def resume_file(resume: str, out: str, ctx) -> Optional[str]:
+    """resume_path, the same on every rank: on several nodes OUT must be shared."""
+    path = resume_path(resume, out)
+    found = int(path is not None)
+    if ctx.min_int(found) != -ctx.min_int(-found):
+        raise ValueError(f"only some ranks see {os.path.join(out, LAST)}: put --out on a shared filesystem")
+    return path
+
+
 def restore(path: str, model, optimizer, scaler, order: TrainOrder, token_cache: Optional[dict] = None,
-            class_conditional: Optional[dict] = None) -> int:
-    """Load a checkpoint of `mage-fast train` into the run; returns the step to continue at.
-    The data order and source (`token_cache`, as save_checkpoint took it) and the
-    class-conditional settings must be those the checkpoint was made with (the world size may
-    change if the global batch stays the same)."""
-    return restore_state(path, model, optimizer, scaler, order, token_cache, class_conditional)["step"]
-
-
-def restore_state(path: str, model, optimizer, scaler, order: TrainOrder,
-                  token_cache: Optional[dict] = None, class_conditional: Optional[dict] = None) -> dict:
-    """restore(), returning the checkpoint's whole train_state (the step and any `extra`)."""
+            class_conditional: Optional[dict] = None) -> dict:
+    """Load a checkpoint of `mage-fast train` or `finetune` into the run; returns its
+    train_state: the step to continue at and any `extra`. The data order and source
+    (`token_cache`, as save_checkpoint took it) and the class-conditional settings must be
+    those the checkpoint was made with (the world size may change if the global batch stays
+    the same)."""
     ckpt = read_file(path)
     state = ckpt.get("train_state") if isinstance(ckpt, dict) else None
     if state is None:
