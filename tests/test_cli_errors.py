@@ -232,7 +232,7 @@ def test_sample_on_cpu_asks_for_the_number_of_images(files):
 def test_edit_checks_the_output_before_computing(files, monkeypatch):
     def no_compute(*args, **kwargs):
         raise AssertionError("the model was built")
-    monkeypatch.setattr("mage_fast.settings.ModelSettings.load", no_compute)
+    monkeypatch.setattr("mage_fast.model_settings.ModelSettings.load", no_compute)
     argv = commands(files)["edit"]
     assert "the folder of --out does not exist" in fails(["edit", *argv, "--out", str(files / "no" / "e.png")])
     assert "name an image format" in fails(["edit", *argv, "--out", str(files / "e.xyz")])

@@ -119,7 +119,7 @@ def resolve_model(args):
 
 def resumed_file(args):
     """The checkpoint train's --resume names (auto: OUT's last, where there is one)."""
-    from ..training.state import LAST
+    from ..runs.state import LAST
     resume = getattr(args, "resume", None)
     if resume == "auto" and getattr(args, "out", None):
         resume = os.path.join(args.out, LAST)
