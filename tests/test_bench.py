@@ -304,8 +304,8 @@ def test_bench_keeps_its_files_reports_progress_and_lists_warnings(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     main(["bench", "--what", "train", "--device", "cpu"])
     out = capsys.readouterr().out
-    assert "training steps ...\n  train from images, reference, batch 2: 4 ms a step\n" in out
-    assert "tokenizer ...\n  tokenize, fast, batch 2: 1 ms a step\n" in out
+    assert "training steps ...\n  train from images, reference, batch 2: 4.0 ms a step\n" in out
+    assert "tokenizer ...\n  tokenize, fast, batch 2: 1.0 ms a step\n" in out
     table_end = out.index("\ntokenize ")
     assert out.index("warnings while timing the model workloads:\n  UserWarning: an eager fallback\n") > table_end
     assert "with advice" not in out

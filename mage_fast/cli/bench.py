@@ -80,7 +80,7 @@ def timed(label, workloads, *args, **kwargs):
     results = workloads(*args, **kwargs)
     results = results if isinstance(results, list) else [results]
     for r in results:
-        print(f"  {r.workload}, {r.implementation}, batch {r.batch}: {r.median_ms:.4g} ms a step", flush=True)
+        print(f"  {r.workload}, {r.implementation}, batch {r.batch}: {r.median_ms:.1f} ms a step", flush=True)
     print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
     return results
 
