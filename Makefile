@@ -33,9 +33,9 @@ lint: install
 bench: install
 	$(VENV)/bin/mage-fast bench
 
-# torch stays the installed build and torchvision comes from the release line made for it;
-# EXTRAS picks which (e.g. EXTRAS=plot), TORCH_INDEX where else to look for torchvision (a CPU
-# torch from PyTorch's index: TORCH_INDEX=https://download.pytorch.org/whl/cpu).
+# torch stays the installed build and torchvision is the release made for it (from PyTorch's
+# index for its CPU and CUDA builds); EXTRAS picks which (e.g. EXTRAS=plot), TORCH_INDEX another
+# index to look in.
 EXTRAS ?= finetune fid plot
 TORCH_INDEX ?=
 extras: install

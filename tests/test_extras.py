@@ -12,14 +12,21 @@ REQUIRES = ["torch>=2.4", "numpy", "pytest; extra == \"test\"", "matplotlib; ext
             "timm<2,>=1.0.29; extra == 'finetune'", "torchvision; extra == 'finetune'"]
 
 
-@pytest.mark.parametrize("torch_version, torchvision", [
-    ("2.13.0+cpu", "torchvision==0.28.*"), ("2.13.0", "torchvision==0.28.*"), ("2.14.1", "torchvision==0.29.*"),
-    ("2.4.1+cu121", "torchvision==0.19.*"), ("2.6.0", "torchvision==0.21.*")])
-def test_torchvision_follows_the_torch_release(torch_version, torchvision):
-    assert extras.torchvision_for(torch_version) == torchvision
+@pytest.mark.parametrize("torch_version, torchvision, index", [
+    ("2.13.0", "torchvision==0.28.*", None), ("2.14.1", "torchvision==0.29.*", None),
+    ("2.6.0", "torchvision==0.21.*", None),
+    # PyTorch's own builds: the same build of torchvision, from the same index (PyPI's CUDA
+    # torchvision 0.28.0 beside torch 2.13.0+cpu fails to import: "operator torchvision::nms
+    # does not exist").
+    ("2.13.0+cpu", "torchvision==0.28.0+cpu", "https://download.pytorch.org/whl/cpu"),
+    ("2.4.1+cu121", "torchvision==0.19.1+cu121", "https://download.pytorch.org/whl/cu121"),
+    ("2.5.1+rocm6.2", "torchvision==0.20.1+rocm6.2", "https://download.pytorch.org/whl/rocm6.2")])
+def test_torchvision_follows_the_torch_release(torch_version, torchvision, index):
+    assert extras.torchvision_for(torch_version) == (torchvision, index)
 
 
-@pytest.mark.parametrize("torch_version", ["2.7.0a0+git1234abc", "2.6.0.dev20250101", "1.13.1", "2.3.1", "3.0.0"])
+@pytest.mark.parametrize("torch_version", [
+    "2.7.0a0+git1234abc", "2.6.0+git1234abc", "2.6.0.dev20250101", "1.13.1", "2.3.1", "3.0.0"])
 def test_a_torch_without_a_known_torchvision_is_a_clear_message(torch_version):
     with pytest.raises(ValueError, match=f"no torchvision release is known to match torch {re.escape(torch_version)} .*"
                                          "install the torchvision built for it by hand"):
@@ -27,15 +34,15 @@ def test_a_torch_without_a_known_torchvision_is_a_clear_message(torch_version):
 
 
 def test_the_plan_constrains_torch_to_the_installed_build():
-    requirements, constraints = extras.plan(["finetune", "fid", "plot"], REQUIRES,
-                                            {"torch": "2.13.0+cpu", "torchvision": None})
-    assert constraints == ["torch==2.13.0+cpu"]
-    assert requirements == ["timm<2,>=1.0.29", "torchvision==0.28.*", "torch-fidelity", "matplotlib"]
+    requirements, constraints, index = extras.plan(["finetune", "fid", "plot"], REQUIRES,
+                                                   {"torch": "2.13.0+cpu", "torchvision": None})
+    assert constraints == ["torch==2.13.0+cpu"] and index == "https://download.pytorch.org/whl/cpu"
+    assert requirements == ["timm<2,>=1.0.29", "torchvision==0.28.0+cpu", "torch-fidelity", "matplotlib"]
     # A torchvision already there is kept as it is, like torch.
-    requirements, constraints = extras.plan(["fid"], REQUIRES, {"torch": "2.13.0", "torchvision": "0.28.0"})
-    assert constraints == ["torch==2.13.0", "torchvision==0.28.0"] and requirements == ["torch-fidelity", "torchvision"]
+    assert extras.plan(["fid"], REQUIRES, {"torch": "2.13.0", "torchvision": "0.28.0"}) == (
+        ["torch-fidelity", "torchvision"], ["torch==2.13.0", "torchvision==0.28.0"], None)
     assert extras.plan(["plot"], REQUIRES, {"torch": "2.7.0a0+git", "torchvision": None}) == (
-        ["matplotlib"], ["torch==2.7.0a0+git"])   # no torchvision needed: no release to match
+        ["matplotlib"], ["torch==2.7.0a0+git"], None)   # no torchvision needed: no release to match
     with pytest.raises(ValueError, match="unknown extra gpu: mage-fast has fid, finetune, plot, test"):
         extras.plan(["gpu"], REQUIRES, {"torch": "2.13.0"})
 
@@ -55,7 +62,8 @@ def test_dry_run_names_the_installed_torch(capsys, monkeypatch):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "constraints: torch==2.13.0+cpu"
     assert out[1].endswith("-m pip install --constraint " + out[1].split("--constraint ")[1].split()[0]
-                           + " 'timm<2,>=1.0.29' 'torchvision==0.28.*'")
+                           + " 'timm<2,>=1.0.29' torchvision==0.28.0+cpu"
+                           " --extra-index-url https://download.pytorch.org/whl/cpu")
     monkeypatch.setattr(extras, "installed_version", {"torch": "2.7.0a0+git", "torchvision": None}.get)
     with pytest.raises(SystemExit, match="^extras: no torchvision release is known to match torch 2.7.0a0"):
         extras.main(["finetune"])
