@@ -317,3 +317,27 @@ def test_bench_keeps_its_files_reports_progress_and_lists_warnings(tmp_path, mon
     assert "no plot: matplotlib is not installed" in caplog.text
     rows = strict_json((tmp_path / "bench-results" / f"{stem}.json").read_text())["sections"]
     assert [r["baseline"] for r in rows["workloads-mage_vit_tiny_test"]] == ["reference", "reference", None]
+
+
+def test_kernel_scripts_write_into_the_default_folder_of_the_current_directory(tmp_path, monkeypatch, capsys):
+    """The scripts run inside benchmarks/: the folder they are given is absolute."""
+    import subprocess
+
+    from mage_fast.bench.measure import device_record
+    from mage_fast.bench.report import write
+    from mage_fast.cli import bench
+    folders, real_run = [], subprocess.run
+
+    def run(cmd, **kwargs):
+        if "--results-dir" not in cmd:  # another caller (the record's versions)
+            return real_run(cmd, **kwargs)
+        folder = cmd[cmd.index("--results-dir") + 1]
+        folders.append(folder)
+        write(folder, device_record(), {"vq": ([{"impl": "torch", "ms": 1.0}], ["impl", "ms"])}, cmd[1][6:-3])
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    monkeypatch.chdir(tmp_path)
+    main(["bench", "--what", "kernels", "--device", "cpu"])
+    assert folders == [str(tmp_path / "bench-results")] * len(bench.KERNEL_SCRIPTS)
+    merged = next((tmp_path / "bench-results").glob("cpu-*[0-9].json"))
+    assert f"wrote bench-results/{merged.name}, " in capsys.readouterr().out

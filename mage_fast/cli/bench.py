@@ -129,7 +129,7 @@ def run(args):
                              *common, dtype=dtype)
     rows = as_rows(results, peak)
     if args.what in ("kernels", "all"):
-        run_kernel_scripts(args.out, smoke=not cuda)
+        run_kernel_scripts(os.path.abspath(args.out), smoke=not cuda)  # the scripts run in benchmarks/
     record["nvml_after"] = nvml_snapshot()
     print(f"\nafter the run: {describe_nvml(record['nvml_after'])}.")
     record["model"] = model
