@@ -1,5 +1,6 @@
 # Two commands do all the set-up: `make bench` and `make test` (both install first, once);
-# `make lint` runs the linter CI runs.
+# `make lint` runs the linter CI runs; `make extras` adds the optional packages (fine-tuning's
+# timm, FID's torch-fidelity, the bench plot's matplotlib) without replacing the installed torch.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.mage-fast-installed
 BUILD_INPUTS := setup.py pyproject.toml $(wildcard csrc/*)
 
-.PHONY: install test lint bench clean
+.PHONY: install test lint bench extras clean
 
 install: $(STAMP)
 
@@ -31,6 +32,14 @@ lint: install
 
 bench: install
 	$(VENV)/bin/mage-fast bench
+
+# torch stays the installed build and torchvision is the release made for it (from PyTorch's
+# index for its CPU and CUDA builds); EXTRAS picks which (e.g. EXTRAS=plot), TORCH_INDEX another
+# index to look in.
+EXTRAS ?= finetune fid plot
+TORCH_INDEX ?=
+extras: install
+	$(PY) -m mage_fast.extras $(EXTRAS) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
 clean:
 	rm -rf $(VENV) build *.egg-info mage_fast/_C*.so

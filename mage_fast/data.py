@@ -45,6 +45,27 @@ def _images_under(folder: str) -> List[str]:
     return sorted(found)
 
 
+# What PIL raises for a file it cannot read: not an image, a broken header, a decompression bomb.
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+SHOWN_UNREADABLE = 3  # files a refusal names; the count covers the rest
+
+
+def unreadable_images(paths: List[str]) -> List[Tuple[str, str]]:
+    """(path, why) of each file whose header PIL cannot read. Image.open reads the header only
+    (format, size, mode), a few KB, not the pixels: a file whose header is sound and whose
+    pixel data is cut short passes, and is refused where it is decoded."""
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path):
+                pass
+        except Image.UnidentifiedImageError:
+            bad.append((path, "not an image PIL can read"))
+        except UNREADABLE as e:
+            bad.append((path, (str(e).splitlines() or [type(e).__name__])[0]))
+    return bad
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """Images under `root`, as (image, label) pairs.
 
@@ -52,9 +73,14 @@ class ImageFolder(torch.utils.data.Dataset):
     the subfolder's index in sorted order and `classes` holds the names; with images directly in
     `root` and no subfolders, every label is -1 and `classes` is empty. `files` holds the paths
     relative to root ('/'-separated), in dataset order.
+
+    Every file's header is read when the folder is built (`unreadable_images`), so that a file
+    that is not an image stops a run before it starts (a ValueError naming the first few and the
+    count) rather than at the step that reads it; skip_unreadable=True leaves them out instead,
+    and `skipped` lists them (relative paths).
     """
 
-    def __init__(self, root: str, transform=None):
+    def __init__(self, root: str, transform=None, skip_unreadable: bool = False):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"image folder not found: {root}")
         self.root, self.transform = root, transform
@@ -75,7 +101,18 @@ class ImageFolder(torch.utils.data.Dataset):
             paths, self.labels = top_level, [-1] * len(top_level)
         if not paths:
             raise ValueError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        self.files = [os.path.relpath(p, root).replace(os.sep, "/") for p in paths]
+        bad = unreadable_images(paths)
+        if bad and not skip_unreadable:
+            shown = "; ".join(f"{os.path.relpath(p, root)} ({why})" for p, why in bad[:SHOWN_UNREADABLE])
+            more = f" and {len(bad) - SHOWN_UNREADABLE} more" if len(bad) > SHOWN_UNREADABLE else ""
+            raise ValueError(f"{len(bad)} of the {len(paths)} images in {root} cannot be read: {shown}{more}; "
+                             "remove them, or skip them (--skip-unreadable)")
+        if len(bad) == len(paths):
+            raise ValueError(f"none of the {len(paths)} images in {root} can be read")
+        unreadable = {p for p, _ in bad}
+        self.labels = [label for p, label in zip(paths, self.labels) if p not in unreadable]
+        self.files = [os.path.relpath(p, root).replace(os.sep, "/") for p in paths if p not in unreadable]
+        self.skipped = [os.path.relpath(p, root).replace(os.sep, "/") for p, _ in bad]
 
     def __len__(self):
         return len(self.files)

@@ -36,13 +36,15 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
         ("sample T=12 guided", "fast sampler fp32")]
     assert rows[2]["baseline"] == "train from images: fast fp32"   # the same module, batch and precision
     assert rows[2]["speedup"] == rows[2]["images_per_s"] / rows[1]["images_per_s"]
-    assert rows[2]["flops_per_image"] < rows[1]["flops_per_image"] and rows[4]["speedup"] == 1.0
+    assert rows[2]["flops_per_image"] < rows[1]["flops_per_image"]
+    assert rows[4]["baseline"] is None and rows[4]["speedup"] is None  # the tokenizer has nothing to beat
     assert rows[3]["baseline"] == "train from tokens: fast fp32"   # over the unconditional step from ids
     assert rows[3]["flops_per_image"] < rows[2]["flops_per_image"]  # the frozen encoder has no backward
     assert rows[-1]["baseline"] == "sample T=12: fast sampler fp32"
     assert rows[-1]["flops_per_image"] > rows[-2]["flops_per_image"]    # two passes a step
     for r in rows:
-        assert r["median_ms"] > 0 and r["images_per_s"] > 0 and r["tflops"] > 0 and r["speedup"] > 0
+        assert r["median_ms"] > 0 and r["images_per_s"] > 0 and r["tflops"] > 0 and r["ms_p20"] <= r["ms_p80"]
+        assert r["speedup"] is None if r["workload"] == "tokenize" else r["speedup"] > 0
         assert math.isclose(r["images_per_s"], r["batch"] / (r["median_ms"] / 1e3))
         assert r["mfu"] is None                                # no roofline for a CPU
         assert r["peak_memory_gib"] is None                    # no allocator figure off the GPU: null, not NaN
@@ -282,3 +284,93 @@ def test_a_case_out_of_memory_runs_at_a_smaller_batch(caplog):
     assert "reference fp16: out of memory at batch 256, running it at 128" in caplog.text
     with pytest.raises(torch.OutOfMemoryError):  # not even one image fits
         _largest_batch_that_fits("too big", 8, torch.device("cpu"), lambda batch: run(batch * 1000))
+
+
+def fake_results(workload, *ms_lists):
+    """Results of a workload's implementations ("reference", then "fast" over it), with these
+    ms per repeat."""
+    names = ["reference", "fast"]
+    return [Result(workload, names[i], 2, list(ms), 1e9, None, "reference") for i, ms in enumerate(ms_lists)]
+
+
+def test_tables_show_the_spread_and_mark_noisy_speedups():
+    """p20-p80 beside the median; a speed-up is noisy where its row's or its baseline's p20-p80
+    spans more than a fifth of the median, and its bar is labelled so (the plot greys it)."""
+    from mage_fast.bench.report import NOISY, with_spread
+    from mage_fast.bench.workloads import COLUMNS, as_rows
+    steady = as_rows(fake_results("train", [10, 10, 10, 10, 10], [5, 5, 5.1, 5, 5]), None)
+    shaky = as_rows(fake_results("sample", [10, 2, 10, 30, 10], [5, 5, 5, 5, 5]), None)  # the baseline's spread
+    rows = with_spread(steady + shaky)
+    assert [r["noisy"] for r in rows] == [False, False, True, True]
+    assert rows[1]["ms_p20"] == 5.0 and rows[1]["ms_p80"] == pytest.approx(5.02)
+    lines = table(steady + shaky, COLUMNS).splitlines()
+    assert lines[0].split()[3:5] == ["median_ms", "p20-p80"]
+    assert lines[3].split()[4] == "5-5.02" and not lines[3].endswith(NOISY)
+    assert lines[5].split()[4] == "5-5" and lines[5].endswith("2" + NOISY)  # 10 ms over 5: 2x, noisy
+    assert speedup_bars("workloads", steady + shaky) == [
+        ("train B2: fast vs reference", 2.0), ("sample B2: fast vs reference" + NOISY, 2.0)]
+    # The kernel scripts' rows: the baseline is the same case's implementation of that name.
+    kernel = [{"shape": "4x4", "impl": "torch", "ms": 2.0, "ms_p20": 1.0, "ms_p80": 3.0, "baseline": "torch"},
+              {"shape": "4x4", "impl": "mage_fast", "ms": 1.0, "ms_p20": 1.0, "ms_p80": 1.1, "baseline": "torch",
+               "speedup": 2.0},
+              {"shape": "8x8", "impl": "torch", "ms": 2.0, "ms_p20": 2.0, "ms_p80": 2.0, "baseline": "torch"},
+              {"shape": "8x8", "impl": "mage_fast", "ms": 1.0, "ms_p20": 1.0, "ms_p80": 1.1, "baseline": "torch",
+               "speedup": 2.0}]
+    assert [r["noisy"] for r in with_spread(kernel)] == [True, True, False, False]
+
+
+def test_bench_keeps_its_files_reports_progress_and_lists_warnings(tmp_path, monkeypatch, capsys, caplog):
+    """With no --out the files go to ./bench-results; a line as each group of workloads starts
+    and one per result as it ends; a warning raised while timing comes after the table; without
+    matplotlib, one line says there is no plot."""
+    import warnings
+
+    from mage_fast.bench import workloads
+
+    def train(*args, **kwargs):
+        warnings.warn("an eager fallback\nwith advice on many lines")
+        return fake_results("train from images", [4, 4, 4], [2, 2, 2])
+    monkeypatch.setattr(workloads, "train_workloads", train)
+    monkeypatch.setattr(workloads, "class_conditional_workloads", lambda *a, **k: [])
+    monkeypatch.setattr(workloads, "tokenize_workload", lambda *a, **k: Result("tokenize", "fast", 2, [1.0], 1e9))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.chdir(tmp_path)
+    main(["bench", "--what", "train", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "training steps ...\n  train from images, reference, batch 2: 4.0 ms a step\n" in out
+    assert "tokenizer ...\n  tokenize, fast, batch 2: 1.0 ms a step\n" in out
+    table_end = out.index("\ntokenize ")
+    assert out.index("warnings while timing the model workloads:\n  UserWarning: an eager fallback\n") > table_end
+    assert "with advice" not in out
+    written = sorted(p.name for p in (tmp_path / "bench-results").iterdir())
+    stem = min(written, key=len).rsplit(".", 1)[0]  # cpu-<date>
+    part = "-workloads-mage_vit_tiny_test"
+    assert stem.startswith("cpu-") and written == sorted(stem + end for end in (".json", ".md", part + ".json",
+                                                                                part + ".md"))
+    assert "no plot: matplotlib is not installed" in caplog.text
+    rows = strict_json((tmp_path / "bench-results" / f"{stem}.json").read_text())["sections"]
+    assert [r["baseline"] for r in rows["workloads-mage_vit_tiny_test"]] == ["reference", "reference", None]
+
+
+def test_kernel_scripts_write_into_the_default_folder_of_the_current_directory(tmp_path, monkeypatch, capsys):
+    """The scripts run inside benchmarks/: the folder they are given is absolute."""
+    import subprocess
+
+    from mage_fast.bench.measure import device_record
+    from mage_fast.bench.report import write
+    from mage_fast.cli import bench
+    folders, real_run = [], subprocess.run
+
+    def run(cmd, **kwargs):
+        if "--results-dir" not in cmd:  # another caller (the record's versions)
+            return real_run(cmd, **kwargs)
+        folder = cmd[cmd.index("--results-dir") + 1]
+        folders.append(folder)
+        write(folder, device_record(), {"vq": ([{"impl": "torch", "ms": 1.0}], ["impl", "ms"])}, cmd[1][6:-3])
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    monkeypatch.chdir(tmp_path)
+    main(["bench", "--what", "kernels", "--device", "cpu"])
+    assert folders == [str(tmp_path / "bench-results")] * len(bench.KERNEL_SCRIPTS)
+    merged = next((tmp_path / "bench-results").glob("cpu-*[0-9].json"))
+    assert f"wrote bench-results/{merged.name}, " in capsys.readouterr().out

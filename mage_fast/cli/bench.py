@@ -9,11 +9,16 @@ sampling: the reference run as the official scripts run it). The tokenizer alone
 reach). Device telemetry (NVML: name, driver, clocks, power, temperature) is recorded before
 and after. On CUDA the model is MAGE-B;
 on CPU the tiny test configuration, whose numbers only show that everything runs.
+
+Each table shows the p20-p80 of a row's times beside its median; a speed-up marked "(noisy)" is
+taken from a row (or a baseline) whose p20-p80 spans more than a fifth of its median, and its bar
+in the plot is grey. Warnings raised while timing are listed after the tables.
 """
 import os
 import subprocess
 import sys
-import tempfile
+import time
+import warnings
 
 import torch
 
@@ -46,8 +51,9 @@ def register(sub):
                    help="timed repeats per workload (the median is reported)")
     p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls before timing")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--out", metavar="DIR", help="write each part's <device>-<date>-<part>.{json,md} there (e.g. "
-                   "benchmarks/results) and merge that day's into <device>-<date>.{json,md,png}")
+    p.add_argument("--out", metavar="DIR", default="bench-results",
+                   help="write each part's <device>-<date>-<part>.{json,md} there and merge that day's into "
+                        "<device>-<date>.{json,md,png} (the plot needs matplotlib) (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -66,9 +72,22 @@ def run_kernel_scripts(out_dir, smoke):
             raise SystemExit(f"benchmarks/bench_{name}.py failed (exit {proc.returncode})")
 
 
+def timed(label, workloads, *args, **kwargs):
+    """Run one group of model workloads with a line as it starts and one per result as it ends:
+    on CPU a group takes minutes."""
+    print(f"{label} ...", flush=True)
+    start = time.perf_counter()
+    results = workloads(*args, **kwargs)
+    results = results if isinstance(results, list) else [results]
+    for r in results:
+        print(f"  {r.workload}, {r.implementation}, batch {r.batch}: {r.median_ms:.1f} ms a step", flush=True)
+    print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+    return results
+
+
 def run(args):
     from ..bench.measure import device_record, roofline_peak
-    from ..bench.report import collect, describe, describe_nvml, stem, table, write
+    from ..bench.report import collect, describe, describe_nvml, print_warnings, stem, table, write
     from ..bench.workloads import (
         COLUMNS,
         as_rows,
@@ -92,28 +111,32 @@ def run(args):
     peak = roofline_peak(record, "bf16_tflops") if cuda else None
     results = []
     batch = args.batch or (256 if cuda else 2)
-    if args.what in ("train", "all"):
-        results += train_workloads(model, batch, device, args.warmup, args.repeats, dtype)
-        results += class_conditional_workloads(model, batch, device, args.warmup, args.repeats, dtype)
-        results.append(tokenize_workload(model, batch, device, args.warmup, args.repeats, dtype))
-    if args.what in ("finetune", "all"):
-        results += finetune_workloads(model, batch, device, args.warmup, args.repeats, dtype)
-    if args.what in ("sample", "all"):
-        results += sample_workloads(model, args.sample_batch, args.num_iter, device, args.warmup, args.repeats,
-                                    dtype=dtype)
-        results += guided_sample_workloads(model, args.sample_batch, args.num_iter, device, args.warmup,
-                                           args.repeats, dtype=dtype)
+    common = (device, args.warmup, args.repeats)
+    # Warnings (a fallback, a deprecation) are listed after the tables rather than inside them.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        if args.what in ("train", "all"):
+            results += timed("training steps", train_workloads, model, batch, *common, dtype)
+            results += timed("class-conditional training step", class_conditional_workloads, model, batch, *common,
+                             dtype)
+            results += timed("tokenizer", tokenize_workload, model, batch, *common, dtype)
+        if args.what in ("finetune", "all"):
+            results += timed("fine-tuning steps", finetune_workloads, model, batch, *common, dtype)
+        if args.what in ("sample", "all"):
+            results += timed("sampling", sample_workloads, model, args.sample_batch, args.num_iter, *common,
+                             dtype=dtype)
+            results += timed("guided sampling", guided_sample_workloads, model, args.sample_batch, args.num_iter,
+                             *common, dtype=dtype)
     rows = as_rows(results, peak)
     if args.what in ("kernels", "all"):
-        with tempfile.TemporaryDirectory() as tmp:
-            run_kernel_scripts(args.out or tmp, smoke=not cuda)
+        run_kernel_scripts(os.path.abspath(args.out), smoke=not cuda)  # the scripts run in benchmarks/
     record["nvml_after"] = nvml_snapshot()
     print(f"\nafter the run: {describe_nvml(record['nvml_after'])}.")
     record["model"] = model
     if rows:
         print(f"\n{model} on {record['device']}\n{table(rows, COLUMNS)}")
-    if args.out:
         # Like each kernel script, the model workloads get their own file; collect merges them all.
-        if rows:
-            write(args.out, record, {f"workloads-{model}": (rows, COLUMNS)}, f"workloads-{model}")
-        print("wrote " + ", ".join(collect(args.out, stem(record))))
+        write(args.out, record, {f"workloads-{model}": (rows, COLUMNS)}, f"workloads-{model}")
+    print_warnings(caught, "the model workloads")
+    print("wrote " + ", ".join(collect(args.out, stem(record))))
+

@@ -3,8 +3,10 @@
 BatchNorm1d(affine=False) + Linear, trained with LARS (momentum 0.9, no weight decay) for 90
 epochs, lr = blr * batch / 256 with a linear warm-up then a cosine decay; prints top-1 and top-5
 accuracy on the validation features. On ImageNet that is ~28,000 optimizer steps. LARS moves the
-weights by a thousandth of their norm per step, so a small training set (one step per epoch) gets
-the schedule stretched to --min-steps steps; the output says which schedule ran.
+weights by a thousandth of their norm (times the lr) per step, so a small training set (one step
+per epoch) gets the schedule stretched to --min-steps steps, and a set smaller than --batch-size
+is one batch that keeps the lr of --batch-size: the whole set's gradient has no sampling noise
+for a smaller lr to offset. The output says which schedule ran.
 """
 from ..distributed import check_device
 from ..files import write_json
@@ -36,9 +38,10 @@ def register(sub):
     add_train_val_args(p)
     p.add_argument("--epochs", type=positive_int, default=90, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=4096,
-                   help="(default: %(default)s, the official 128 x 32 GPUs; capped at the training set size)")
+                   help="(default: %(default)s, the official 128 x 32 GPUs; a smaller training set is one batch, "
+                        "with the lr of this batch size)")
     p.add_argument("--blr", type=positive_float, default=0.1,
-                   help="base lr; lr = blr * batch / 256 (default: %(default)s; the official ViT-L run used 0.05)")
+                   help="base lr; lr = blr * batch-size / 256 (default: %(default)s; the official ViT-L run used 0.05)")
     p.add_argument("--warmup-epochs", type=non_negative_float, default=None,
                    help="(default: epochs / 9, i.e. 10 of 90)")
     p.add_argument("--seed", type=integer, default=0, help="head initialisation and batch order (default: %(default)s)")

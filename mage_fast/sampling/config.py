@@ -1,6 +1,7 @@
 """The settings of a sampling run: what `mage-fast sample` builds from its flags, and what
 `sample` takes from Python."""
 import dataclasses
+import logging
 from typing import List, Optional, Union
 
 from ..model_settings import ModelSettings
@@ -16,8 +17,16 @@ from ..validation import (
     default_precision,
 )
 
+log = logging.getLogger("mage_fast")
+
 UNCONDITIONAL_IMAGES = 50000    # the FID set
 IMAGES_PER_CLASS = 50           # x 1000 classes: the class-balanced 50,000
+# Without a GPU and without a count given: a few images to look at. MAGE-B makes one in ~147 s
+# on a two-core CPU (1.12 TFLOP: 12 steps and the VQGAN decode, ~7.6 GFLOP/s), so the FID set
+# would take ~85 days; the warning gives the estimate for the run's model at that rate.
+CPU_IMAGES = 8
+CPU_IMAGES_PER_CLASS = 1
+CPU_GFLOPS = 7.6
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -25,7 +34,9 @@ class SampleConfig(ModelSettings):
     """A folder of generated images for FID: image i of OUT from seed (seed << 32) + i. Checked
     when built: a ValueError names the field. `num_images` None: 50,000, or for a
     class-conditional run len(classes) x images_per_class (image i of class
-    classes[i // images_per_class]); `dtype` None: chosen for the device (see for_device);
+    classes[i // images_per_class]); on a CPU, where the FID set would take days, 8 images
+    (class-conditional: 1 per class) with a warning that gives the estimate (see for_device);
+    `dtype` None: chosen for the device (see for_device);
     `batch_size` "auto": the largest batch whose CUDA graph fits (4 on CPU), or the batch of
     the run OUT holds; `device` None: CUDA if available (under torchrun, the GPU of the local
     rank)."""
@@ -61,8 +72,31 @@ class SampleConfig(ModelSettings):
             parse_classes(self.classes)
 
     def for_device(self, device_type: str) -> "SampleConfig":
-        """This config with the device's dtype where `dtype` is None: bf16 on CUDA, fp32 on CPU."""
-        return dataclasses.replace(self, dtype=self.dtype or default_precision(device_type))
+        """This config with the device's dtype where `dtype` is None: bf16 on CUDA, fp32 on CPU;
+        on a CPU, a count not given (num_images, or images_per_class of a class-conditional run)
+        becomes CPU_IMAGES (CPU_IMAGES_PER_CLASS), with a warning that estimates the default's
+        time there."""
+        changes = {"dtype": self.dtype or default_precision(device_type)}
+        if device_type == "cpu" and not self.class_conditional and self.num_images is None:
+            changes["num_images"] = CPU_IMAGES
+            log.warning("no GPU: %d images (--num-images sets how many); %s", CPU_IMAGES,
+                        self.cpu_estimate(UNCONDITIONAL_IMAGES, "the 50,000 of an FID set"))
+        elif device_type == "cpu" and self.class_conditional and self.images_per_class is None:
+            changes["images_per_class"] = CPU_IMAGES_PER_CLASS
+            log.warning("no GPU: %d image per class (--images-per-class sets how many); %s", CPU_IMAGES_PER_CLASS,
+                        self.cpu_estimate(1000 * IMAGES_PER_CLASS, f"the {IMAGES_PER_CLASS} of each of 1000 classes"))
+        return dataclasses.replace(self, **changes)
+
+    def cpu_estimate(self, images: int, what: str) -> str:
+        """How long `images` would take on a CPU, from the model's FLOPs at CPU_GFLOPS."""
+        from ..bench.flops import sample_flops_per_image
+        from ..configs import CONFIGS
+        seconds = sample_flops_per_image(CONFIGS[self.model], self.num_iter, self.guidance_scale > 0) / CPU_GFLOPS / 1e9
+        total = seconds * images
+        unit, name = next(u for u in ((86400, "days"), (3600, "hours"), (60, "minutes"), (1, "seconds"))
+                          if total >= u[0] or u[0] == 1)
+        span = f"{total / unit:.0f} {name}" if total >= 10 * unit else f"{total / unit:.1f} {name}"
+        return f"{what} would take ~{span} ({self.model}: ~{seconds:.3g} s an image on a two-core CPU)"
 
     def class_list(self, num_classes: int) -> Optional[List[int]]:
         """The classes a class-conditional run generates, in order, among the model's
