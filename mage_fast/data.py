@@ -7,6 +7,7 @@ order, so a seeded run crops the same boxes torchvision would.
 """
 import copy
 import hashlib
+import logging
 import math
 import os
 from typing import List, Optional, Tuple
@@ -14,6 +15,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
@@ -113,6 +116,9 @@ class ImageFolder(torch.utils.data.Dataset):
         self.labels = [label for p, label in zip(paths, self.labels) if p not in unreadable]
         self.files = [os.path.relpath(p, root).replace(os.sep, "/") for p in paths if p not in unreadable]
         self.skipped = [os.path.relpath(p, root).replace(os.sep, "/") for p, _ in bad]
+        if bad:
+            log.warning("skipped %d of the %d images in %s that cannot be read (first: %s)", len(bad), len(paths),
+                        root, self.skipped[0])
 
     def __len__(self):
         return len(self.files)

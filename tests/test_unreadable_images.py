@@ -61,3 +61,10 @@ def test_train_refuses_the_folder_before_its_first_step(tmp_path, capsys):
     assert str(e.value) == (f"mage-fast train: 1 of the 13 images in {root} cannot be read: dog/notes.jpg (not an "
                             "image PIL can read); remove them, or skip them (--skip-unreadable)")
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_train_skip_unreadable_trains_on_the_rest_and_counts_them(tmp_path, caplog):
+    root = folder_with(tmp_path / "data", 3, {"dog/notes.jpg": b"not an image"})
+    main(["train", "--data", str(root), "--out", str(tmp_path / "run"), "--model", "mage_vit_tiny_test",
+          "--batch-size", "2", "--max-steps", "1", "--device", "cpu", "--skip-unreadable"])
+    assert "skipped 1 of the 7 images" in caplog.text and (tmp_path / "run" / "checkpoint-last.pth").exists()

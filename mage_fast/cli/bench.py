@@ -23,8 +23,9 @@ import warnings
 import torch
 
 from ..configs import CONFIGS
+from ..distributed import check_device
 from ..validation import NUM_ITER, PRECISIONS
-from .common import non_negative_int, number, positive_int
+from .common import add_device, non_negative_int, number, positive_int
 
 KERNEL_SCRIPTS = ("attention", "vq", "token_drop", "decode_step", "mlm_loss")
 BENCHMARKS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -50,7 +51,7 @@ def register(sub):
     p.add_argument("--repeats", type=positive_int, default=5,
                    help="timed repeats per workload (the median is reported)")
     p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls before timing")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    add_device(p)
     p.add_argument("--out", metavar="DIR", default="bench-results",
                    help="write each part's <device>-<date>-<part>.{json,md} there and merge that day's into "
                         "<device>-<date>.{json,md,png} (the plot needs matplotlib) (default: %(default)s)")
@@ -99,7 +100,7 @@ def run(args):
         train_workloads,
     )
     from ..telemetry import nvml_snapshot
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(check_device(args.device))
     cuda = device.type == "cuda"
     model = args.model or ("mage_vit_base_patch16" if cuda else "mage_vit_tiny_test")
     if not cuda:

@@ -37,6 +37,8 @@ class ModelDefault(str):
     replaces it by the size the files say."""
 
 
+SKIP_UNREADABLE_HELP = ("leave out files of the image folder that are not readable images, with a warning "
+                        "that counts them (default: refuse them before any work, naming the first few)")
 MODEL_HELP = {
     "model": "model size (default: read off --ckpt, or for train the checkpoint it resumes or its --tokens "
              "cache; else %(default)s)",

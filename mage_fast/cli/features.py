@@ -13,7 +13,7 @@ import logging
 import os
 
 from ..model_settings import RANDOM_WEIGHTS_WARNING
-from .common import add_device, add_model_args, non_negative_int, positive_int
+from .common import SKIP_UNREADABLE_HELP, add_device, add_model_args, non_negative_int, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ def register(sub):
     p.add_argument("--data", required=True, metavar="DIR",
                    help="image folder: one subfolder per class, or images directly inside (no labels)")
     p.add_argument("--out", required=True, metavar="FILE", help="output file, .npz or .pt")
+    p.add_argument("--skip-unreadable", action="store_true", help=SKIP_UNREADABLE_HELP)
     add_model_args(p)
     p.add_argument("--pool", choices=("avg", "cls"), default="avg",
                    help="avg: mean of the 256 patch tokens, then LayerNorm (the official linear "
@@ -55,7 +56,7 @@ def run(args):
         raise ValueError(f"{args.out} exists; pass --overwrite to replace it")
     ctx = distributed.init(args.device)
     cuda = ctx.device.type == "cuda"
-    dataset = ImageFolder(args.data, EvalTransform(resize=args.resize))
+    dataset = ImageFolder(args.data, EvalTransform(resize=args.resize), skip_unreadable=args.skip_unreadable)
     if not ctx.is_main:  # one process reports for all
         logging.getLogger("mage_fast").setLevel(logging.WARNING)
     else:

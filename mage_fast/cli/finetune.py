@@ -22,7 +22,7 @@ import dataclasses
 import logging
 
 from ..finetune.config import MODEL_DEFAULTS, NO_AUGMENT, FinetuneConfig
-from .common import add_device, add_setting
+from .common import SKIP_UNREADABLE_HELP, add_device, add_setting
 
 LARGE = MODEL_DEFAULTS["mage_vit_large_patch16"]
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
@@ -45,6 +45,7 @@ def register(sub):
     setting("data", "training images, one subfolder per class", metavar="DIR")
     setting("val", "validation images, the same class subfolders", metavar="DIR")
     setting("out", "checkpoints and log.jsonl go here", metavar="DIR")
+    setting("skip_unreadable", SKIP_UNREADABLE_HELP)
     setting("ckpt", "pretrained MAGE checkpoint (mage-vit{b,l}-1600.pth); loaded as the official --finetune "
                     "loads it (head and fc_norm fresh, the other keys reported)", metavar="PATH")
     setting("vqgan_ckpt", "tokenizer checkpoint, if --ckpt lacks vqgan.* keys", metavar="PATH")

@@ -17,7 +17,7 @@ import logging
 import os
 
 from ..validation import PRECISIONS, default_precision
-from .common import add_device, add_model_args, non_negative_int, positive_int
+from .common import SKIP_UNREADABLE_HELP, add_device, add_model_args, non_negative_int, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ def register(sub):
     p.add_argument("--data", required=True, metavar="DIR",
                    help="image folder: class subfolders or images directly inside")
     p.add_argument("--out", required=True, metavar="CACHE", help="the cache folder to write")
+    p.add_argument("--skip-unreadable", action="store_true", help=SKIP_UNREADABLE_HELP)
     p.add_argument("--views", type=positive_int, metavar="K",
                    help="augmented views per image (required, but for --center-crop: 1)")
     p.add_argument("--center-crop", action="store_true",
@@ -83,7 +84,7 @@ def run(args):
     views = args.views or 1
     ctx = distributed.init(args.device)
     cuda = ctx.device.type == "cuda"
-    folder = ImageFolder(args.data)
+    folder = ImageFolder(args.data, skip_unreadable=args.skip_unreadable)
     if not ctx.is_main:  # one process reports for all
         logging.getLogger("mage_fast").setLevel(logging.WARNING)
     elif not (args.ckpt or args.vqgan_ckpt):

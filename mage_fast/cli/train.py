@@ -21,7 +21,7 @@ import argparse
 import logging
 
 from ..training import TrainConfig
-from .common import TORCHRUN_DEVICE_HELP, add_model_args, add_setting, config_from_args, device
+from .common import SKIP_UNREADABLE_HELP, TORCHRUN_DEVICE_HELP, add_model_args, add_setting, config_from_args, device
 
 
 def register(sub):
@@ -38,6 +38,7 @@ def register(sub):
                 "its K views per image and runs no tokenizer. Its tokenizer weights must be this run's (--ckpt, "
                 "--vqgan-ckpt or the resumed checkpoint)", metavar="CACHE")
     setting("out", "checkpoints and log.jsonl go here", metavar="DIR")
+    setting("skip_unreadable", SKIP_UNREADABLE_HELP)
     add_model_args(p)
     setting("dropout", "dropout probability (default: the official %(default)s)")
     setting("batch_size", "images per GPU per forward (default: %(default)s)")

@@ -25,6 +25,7 @@ class FinetuneConfig:
     data: str = setting(path=True)      # training image folder, one subfolder per class
     val: str = setting(path=True)       # validation folder with the same class subfolders
     out: str = setting(path=True)       # checkpoints and log.jsonl
+    skip_unreadable: bool = False       # leave out files that are not images (default: refuse them)
     ckpt: Optional[str] = setting(None, path=True)          # pretrained MAGE checkpoint (None: only with a resume)
     vqgan_ckpt: Optional[str] = setting(None, path=True)    # tokenizer, if ckpt lacks vqgan.* keys
     model: str = setting("mage_vit_base_patch16", choices=CONFIGS)

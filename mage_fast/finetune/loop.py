@@ -24,7 +24,8 @@ BEST = "checkpoint-best.pth"
 
 
 def _datasets(cfg: FinetuneConfig):
-    train, val = ImageFolder(cfg.data), ImageFolder(cfg.val, eval_transform())
+    train = ImageFolder(cfg.data, skip_unreadable=cfg.skip_unreadable)
+    val = ImageFolder(cfg.val, eval_transform(), skip_unreadable=cfg.skip_unreadable)
     if not train.classes:
         raise ValueError(f"{cfg.data} has no class subfolders: fine-tuning needs one subfolder per class")
     if val.classes != train.classes:

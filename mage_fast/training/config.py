@@ -17,6 +17,7 @@ class TrainConfig(ModelSettings):
     data: Optional[str] = setting(None, path=True)      # image folder: class subfolders or images inside
     tokens: Optional[str] = setting(None, path=True)    # or a token cache of `mage-fast tokenize`
     out: str = setting(path=True)       # checkpoints and log.jsonl
+    skip_unreadable: bool = False       # leave out files of `data` that are not images (default: refuse them)
     dropout: float = setting(0.1, Numbers(float, 0, 1, high_open=True))
     batch_size: int = setting(64, COUNT)        # images per process per forward
     accum_iter: int = setting(1, COUNT)         # forwards accumulated per optimizer step

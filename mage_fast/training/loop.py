@@ -59,7 +59,8 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
     ctx = ctx or distributed.init(config.device)
     config = config.for_device(ctx.device.type)
     source = data_source(config.data, config.tokens, config.seed,
-                         (config.num_classes, config.label_drop) if config.class_conditional else None)
+                         (config.num_classes, config.label_drop) if config.class_conditional else None,
+                         config.skip_unreadable)
     num_classes = config.num_classes or len(source.classes)
     # what a resume must match: the settings, and the classes the data gave
     classes = {**config.class_settings, "num_classes": num_classes} if config.class_conditional else None

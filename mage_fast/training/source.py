@@ -44,7 +44,7 @@ class DataSource:
 
 
 def data_source(data: Optional[str], tokens: Optional[str], seed: int,
-                label_drop: Optional[Tuple[Optional[int], float]] = None) -> DataSource:
+                label_drop: Optional[Tuple[Optional[int], float]] = None, skip_unreadable: bool = False) -> DataSource:
     """An image folder (`data`) or a token cache (`tokens`): one of them (TrainConfig checks).
     label_drop (num_classes, probability): a class-conditional run, whose batches carry labels,
     from the class subfolders (a cache: its index's), dropped with that probability; num_classes
@@ -53,7 +53,7 @@ def data_source(data: Optional[str], tokens: Optional[str], seed: int,
         cache = TokenCache(tokens)
         classes, all_labels, where = cache.index["classes"], cache.index["labels"], f"the token cache {tokens}"
     else:
-        folder = ImageFolder(data)
+        folder = ImageFolder(data, skip_unreadable=skip_unreadable)
         classes, all_labels, where = folder.classes, folder.labels, data
     labels = None
     if label_drop is not None:
