@@ -1,7 +1,9 @@
 """mage_fast.compat: the official models_mage / models_vit_mage interface on the fast modules
 (constructor arguments, return values, attributes, refusals). Against the official code itself:
-test_compat_official.py. The tokenizer is swapped for the tiny test one where images go through
-it (the full one takes seconds per image on a CPU); what is tested here does not depend on it."""
+test_compat_official.py. Where images go through the tokenizer, or a tokenizer file is written,
+the models are built with the tiny test tokenizer (the official one takes seconds per image on a
+CPU); nothing tested here depends on its size."""
+import contextlib
 import logging
 import math
 from functools import partial
@@ -20,17 +22,24 @@ from mage_fast.configs import MASK_ID, TINY_TEST
 from mage_fast.recognition.classifier import build_classifier
 from mage_fast.reference import MAGE
 from mage_fast.reference.model import threshold_sets
-from mage_fast.reference.vqgan import VQGAN
 
 SIZES = dict(embed_dim=128, depth=2, num_heads=2, decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=2)
 VIT_SIZES = dict(embed_dim=128, depth=2, num_heads=2)
 
 
+@contextlib.contextmanager
+def tiny_tokenizer():
+    """Models built inside have the tiny test tokenizer."""
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (models_mage, models_vit_mage):
+            mp.setattr(module, "VQGANConfig", lambda: TINY_TEST.vqgan)
+        yield
+
+
 def compat_mage(**kwargs):
     torch.manual_seed(0)
-    model = models_mage.MaskedGenerativeEncoderViT(**SIZES, vqgan_ckpt_path=None, **kwargs)
-    model.vqgan = VQModel(TINY_TEST.vqgan)
-    return model
+    with tiny_tokenizer():
+        return models_mage.MaskedGenerativeEncoderViT(**SIZES, vqgan_ckpt_path=None, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +118,10 @@ def test_factories_take_no_sizes():
 
 def test_vqgan_ckpt_path_loads_the_tokenizer(tmp_path, monkeypatch):
     torch.manual_seed(1)
-    tokenizer = models_mage.MaskedGenerativeEncoderViT(**SIZES, vqgan_ckpt_path=None).vqgan
+    tokenizer = compat_mage().vqgan
     torch.save({"state_dict": tokenizer.state_dict()}, tmp_path / "vq.ckpt")
-    model = models_mage.MaskedGenerativeEncoderViT(**SIZES, vqgan_ckpt_path=str(tmp_path / "vq.ckpt"))
+    with tiny_tokenizer():
+        model = models_mage.MaskedGenerativeEncoderViT(**SIZES, vqgan_ckpt_path=str(tmp_path / "vq.ckpt"))
     for k, v in tokenizer.state_dict().items():
         assert torch.equal(model.vqgan.state_dict()[k], v), k
     monkeypatch.chdir(tmp_path)  # the official default, a file in the working directory, absent here
@@ -158,11 +168,13 @@ def test_forward_decoder_as_gen_img_uncond_calls_it(model, images):
 
 
 def test_official_tokenizer_interface(model, images):
+    assert isinstance(model.vqgan, VQModel)
+    image = images[:1]
     with torch.no_grad():
-        ids = model.tokenize(images)
-        z_q, loss, (_, _, flat) = model.vqgan.encode(images)
+        ids = model.tokenize(image)
+        z_q, loss, (_, _, flat) = model.vqgan.encode(image)
         assert torch.equal(flat, ids.reshape(-1)) and loss.dim() == 0
-        entry = model.vqgan.quantize.get_codebook_entry(flat, shape=(2, 16, 16, 32))
+        entry = model.vqgan.quantize.get_codebook_entry(flat, shape=(1, 16, 16, 32))
         torch.testing.assert_close(entry, z_q)
         torch.testing.assert_close(model.vqgan.decode(entry).clamp(0, 1), model.detokenize(ids))
 
@@ -236,8 +248,9 @@ def test_finetune_and_linear_probe_as_the_official_scripts_use_it(images):
     the linear probe's BatchNorm + head replacement runs."""
     torch.manual_seed(0)
     pretrained = mage_fast.MAGE(**SIZES, vqgan=TINY_TEST.vqgan).state_dict()
-    model = models_vit_mage.VisionTransformerMage(**VIT_SIZES, num_classes=10, global_pool=True, vqgan_ckpt_path=None)
-    model.vqgan = VQGAN(TINY_TEST.vqgan)
+    with tiny_tokenizer():
+        model = models_vit_mage.VisionTransformerMage(**VIT_SIZES, num_classes=10, global_pool=True,
+                                                      vqgan_ckpt_path=None)
     grid = pretrained["pos_embed"][:, 1:].reshape(1, 16, 16, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(14, 14), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).flatten(1, 2)
     pretrained["pos_embed"] = torch.cat([pretrained["pos_embed"][:, :1], grid], 1)
@@ -245,8 +258,10 @@ def test_finetune_and_linear_probe_as_the_official_scripts_use_it(images):
     assert set(msg.missing_keys) == {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"}
     assert torch.equal(model.blocks[1].attn.qkv.weight, pretrained["blocks.1.attn.qkv.weight"])
     model.eval()
+    image = images[:1]
     with torch.no_grad():
-        logits = model(images)
-        torch.testing.assert_close(logits, model.head(model.forward_features(images)), rtol=0, atol=0)
+        features = model.forward_features(image)
+        torch.testing.assert_close(model(image), model.head(features), rtol=0, atol=0)
         model.head = nn.Sequential(nn.BatchNorm1d(model.head.in_features, affine=False, eps=1e-6), model.head)
-        assert model(images).shape == (2, 10)
+        model.eval()
+        torch.testing.assert_close(model(image), model.head(features), rtol=0, atol=0)

@@ -66,7 +66,7 @@ def mage_pair(official):
     theirs = official.MaskedGenerativeEncoderViT(**SIZES, vqgan_ckpt_path=None)
     theirs.vqgan = official_tokenizer()
     ours = models_mage.MaskedGenerativeEncoderViT(**SIZES, vqgan_ckpt_path=None)
-    ours.vqgan = VQModel(VQ)
+    ours.vqgan = VQModel(VQ).requires_grad_(False)
     ours.load_state_dict(theirs.state_dict(), strict=True)
     return no_dropout(theirs), no_dropout(ours)
 
@@ -196,7 +196,7 @@ def vit_pair(official_vit, request):
         interpolate_pos_embed(model, state)
         assert state["pos_embed"].shape == (1, 197, SIZES["embed_dim"])
         assert set(model.load_state_dict(state, strict=False).missing_keys) == missing
-    theirs.vqgan, ours.vqgan = official_tokenizer(), VQGAN(VQ)
+    theirs.vqgan, ours.vqgan = official_tokenizer(), VQGAN(VQ).requires_grad_(False)
     ours.load_state_dict(theirs.state_dict(), strict=True)
     return theirs.eval(), ours.eval()
 
