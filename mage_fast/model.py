@@ -94,7 +94,12 @@ class MAGE(reference.MAGE):
             check_noise(noise, batch, values=values_checkable(noise))
             noise = noise.to(device)
         keep, masked = mask_sets(noise, num_dropped, num_masked)
+        x = self._decode_kept(self._encode_kept(gt, keep, masked), keep, masked, labels)
+        return self._masked_loss(x, gt, masked, num_masked)
 
+    def _encode_kept(self, gt, keep, masked):
+        """The encoder over the kept slots (keep: mask_sets' [B, KEPT] slot index, masked its
+        [B, 257] set) of the ids gt [B, 256] -> [B, KEPT, D], after the final norm."""
         emb = self.token_emb
         with self._encoder_grad():
             x = embed_and_drop(gt, masked, keep, emb.word_embeddings.weight, emb.position_embeddings.weight,
@@ -102,13 +107,16 @@ class MAGE(reference.MAGE):
             x = emb.dropout(x)
             for block in self.blocks:
                 x = block(x)
-            x = self.norm(x)
+            return self.norm(x)
+
+    def _decode_kept(self, x, keep, masked, labels=None):
+        """The decoder from the encoder's kept rows x [B, KEPT, D] -> [B, 257, Dd], after its norm."""
         x = restore(self.decoder_embed(x), keep, masked, self.decoder_pos_embed_learned)
         if labels is not None:  # the label token after the 257 slots: 258 rows through the fused attention
             x = torch.cat([x, self._label_token(labels)], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
-        return self._masked_loss(self.decoder_norm(x[:, :SEQ_LEN]), gt, masked, num_masked)
+        return self.decoder_norm(x[:, :SEQ_LEN])
 
     def _masked_loss(self, x, gt, masked, num_masked):
         """The loss over the masked positions only (masked: mask_sets' [B, 257] set). With

@@ -76,6 +76,10 @@ class MAGEClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """float [B, 3, 256, 256] in [0, 1] -> logits [B, num_classes]."""
+        return self.head(self.forward_features(images))
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """float [B, 3, 256, 256] in [0, 1] -> the pooled features the head reads [B, embed_dim]."""
         check_images(images, values=values_checkable(images))
         with torch.no_grad():
             ids = self._tokenize(images)
@@ -83,10 +87,8 @@ class MAGEClassifier(nn.Module):
         for block in self.blocks:
             x = block(x)
         if self.global_pool:
-            x = self.fc_norm(x[:, 1:].mean(dim=1))
-        else:
-            x = self.norm(x)[:, 0]
-        return self.head(x)
+            return self.fc_norm(x[:, 1:].mean(dim=1))
+        return self.norm(x)[:, 0]
 
 
 class FastMAGEClassifier(MAGEClassifier):

@@ -100,9 +100,10 @@ def restore_slots(x, keep, masked):
 
 
 class MAGE(nn.Module):
-    # What a faster subclass swaps in: the attention module and the decoding step.
+    # What a subclass swaps in: the attention module, the decoding step, the tokenizer's class.
     attention = Attention
     decoding_step = staticmethod(decoding_step)
+    tokenizer = VQGAN
 
     def __init__(self, embed_dim=1024, depth=24, num_heads=16,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
@@ -117,7 +118,7 @@ class MAGE(nn.Module):
         self.mask_ratio_min, self.mask_ratio_max = mask_ratio_min, mask_ratio_max
         self.mask_ratio_mu, self.mask_ratio_std = mask_ratio_mu, mask_ratio_std
 
-        self.vqgan = VQGAN(vqgan)
+        self.vqgan = self.tokenizer(vqgan)
         self.vqgan.requires_grad_(False)
         self.token_emb = BertEmbeddings(VOCAB_SIZE, embed_dim, SEQ_LEN, dropout)
 
@@ -306,11 +307,14 @@ class MAGE(nn.Module):
         """One draw from normal(mu, std) truncated to [mask_ratio_min, mask_ratio_max], a 0-d
         float64 tensor on `device`: u uniform between the normal CDF at the two bounds, then
         the inverse CDF."""
+        return self.mask_ratio_at(torch.rand((), dtype=torch.float64, device=device, generator=generator))
+
+    def mask_ratio_at(self, q: torch.Tensor) -> torch.Tensor:
+        """The truncated normal's inverse CDF at q in [0, 1) (float64)."""
         def cdf(x):
             return 0.5 * math.erfc(-(x - self.mask_ratio_mu) / (self.mask_ratio_std * math.sqrt(2.0)))
         lo, hi = cdf(self.mask_ratio_min), cdf(self.mask_ratio_max)
-        u = lo + (hi - lo) * torch.rand((), dtype=torch.float64, device=device, generator=generator)
-        return self.mask_ratio_mu + self.mask_ratio_std * torch.special.ndtri(u)
+        return self.mask_ratio_mu + self.mask_ratio_std * torch.special.ndtri(lo + (hi - lo) * q)
 
     def sample_mask_ratio(self, generator: Optional[torch.Generator] = None) -> float:
         """draw_mask_ratio on the host, as a float."""

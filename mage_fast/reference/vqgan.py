@@ -145,12 +145,14 @@ class VectorQuantizer(nn.Module):
 
 
 class VQGAN(nn.Module):
+    quantizer = VectorQuantizer  # the codebook's class, which a subclass may extend
+
     def __init__(self, cfg: VQGANConfig = VQGANConfig()):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.quantize = VectorQuantizer(cfg.codebook_size, cfg.z_channels)
+        self.quantize = self.quantizer(cfg.codebook_size, cfg.z_channels)
 
     def encode(self, images):
         """images [B, 3, 256, 256] in [0, 1] (no mean/std) -> ids [B, 256]."""
