@@ -22,7 +22,7 @@ import dataclasses
 import logging
 
 from ..finetune.config import MODEL_DEFAULTS, NO_AUGMENT, FinetuneConfig
-from .common import SKIP_UNREADABLE_HELP, add_device, add_setting
+from .common import SKIP_UNREADABLE_HELP, ModelDefault, add_device, add_setting
 
 LARGE = MODEL_DEFAULTS["mage_vit_large_patch16"]
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
@@ -49,7 +49,8 @@ def register(sub):
     setting("ckpt", "pretrained MAGE checkpoint (mage-vit{b,l}-1600.pth); loaded as the official --finetune "
                     "loads it (head and fc_norm fresh, the other keys reported)", metavar="PATH")
     setting("vqgan_ckpt", "tokenizer checkpoint, if --ckpt lacks vqgan.* keys", metavar="PATH")
-    setting("model", "encoder size")
+    setting("model", "encoder size (default: read off the checkpoint it resumes, else --ckpt; else %(default)s)",
+            default=ModelDefault(DEFAULTS["model"]))
     setting("impl", "fast (fused attention and codebook search) or the pure-PyTorch reference")
     p.add_argument("--cls-token", dest="global_pool", action="store_false",
                    help="classify the class token after the final norm instead of the mean of the image tokens")

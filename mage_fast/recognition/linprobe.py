@@ -131,7 +131,7 @@ def linear_probe(train: FeatureSet, val: FeatureSet, epochs: int = 90, batch_siz
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)  # drawn at tqdm's own pace
     head.eval()
     with torch.no_grad():
         logits = head(torch.from_numpy(val.features).float().to(device))
