@@ -8,12 +8,13 @@ autotune config, for sm_80 and sm_90, against a stand-in driver that only names 
 N = 129, 257 and 258 specialise alike (none is a multiple of 16), so they share one binary; the
 report lists every launch under the binary it gets.
 
-Per binary: registers, spilled bytes (the stack frame: Triton kernels have no local arrays),
-shared memory, programs and warps per SM on the architecture's GPU (H100 for sm_90, A100 for
-sm_80), the MMA instructions (wgmma, mma.sync, or neither: FMA), TMA (tensor-descriptor copies)
-or not, and static PTX counts of Philox multiplies (mul.hi) and exp2 (ex2.approx).
+Per binary: registers and spilled bytes (ptxas -v), shared memory, programs and warps per SM on
+the architecture's GPU (H100 for sm_90, A100 for sm_80), the MMA instructions (wgmma, mma.sync,
+or neither: FMA), TMA (tensor-descriptor copies) or not, and static PTX counts of Philox
+multiplies (mul.hi) and exp2 (ex2.approx).
 
-    python benchmarks/compile_report.py            # writes docs/compile-report.md (Triton 3.6, as the GPU image)
+    python benchmarks/compile_report.py            # writes benchmarks/results/compile-report.md
+                                                   # (with Triton 3.6, as on the GPU machine)
     python benchmarks/compile_report.py --check    # exits 1 on a spill or an unlaunchable config
 """
 import argparse
@@ -24,11 +25,12 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORT = ROOT / "docs" / "compile-report.md"
+REPORT = ROOT / "benchmarks" / "results" / "compile-report.md"
 # The report is stale when any of these changes.
 SOURCES = [*sorted((ROOT / "kernels").glob("*.py")), Path(__file__).resolve()]
 ARCHS = (80, 90)
@@ -142,7 +144,9 @@ class _TargetOnly:
         return self.target
 
     def get_current_device(self):
-        return 0
+        # Triton keeps a kernel's compiled binaries per device: one "device" per architecture,
+        # or sm_80 would be handed the sm_90 binary from that cache.
+        return self.target.arch
 
     def get_current_stream(self, device=None):
         return 0
@@ -163,21 +167,34 @@ def _registers(cubin: bytes) -> int:
     return int(re.search(r"\bREG:(\d+)", out).group(1))
 
 
-def _ptxas(compiled) -> dict:
+def _ptxas_options(compiled) -> list:
+    """The options Triton's make_cubin passes ptxas, as this Triton version passes them."""
+    import inspect
+
+    from triton.backends.nvidia.compiler import CUDABackend
+    options = ["-lineinfo"] + ([] if compiled.metadata.enable_fp_fusion else ["--fmad=false"])
+    if "--regAllocOptLevel=2" in inspect.getsource(CUDABackend.make_cubin):  # newer Triton, every kernel
+        options.append("--regAllocOptLevel=2")
+    return options + (compiled.metadata.ptx_options.split() if compiled.metadata.ptx_options else [])
+
+
+def _ptxas(compiled, arch) -> dict:
     """Registers, spilled bytes (stores) and stack frame of the kernel, from ptxas -v run on its
     PTX as Triton runs it (checked against the registers of Triton's own cubin). The stack frame
     alone is no measure of spilling: a call to a slow path (fp32 division's, for one) takes a
     frame with nothing spilled."""
+    from triton.backends.nvidia.compiler import get_ptxas
     ptx = compiled.asm["ptx"]
     target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
-    fmad = [] if compiled.metadata.enable_fp_fusion else ["--fmad=false"]
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-        f.write(ptx)
-        f.flush()
-        log = subprocess.run([_tool("ptxas"), "-lineinfo", *fmad, "-v", f"--gpu-name={target}", f.name,
-                              "-o", os.devnull], capture_output=True, text=True, check=True).stderr
-    used = re.search(r"Used (\d+) registers", log)
-    frame, stores = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", log).groups()
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        Path(src).write_text(ptx)
+        proc = subprocess.run([get_ptxas(arch).path, *_ptxas_options(compiled), "-v", f"--gpu-name={target}", src,
+                               "-o", src + ".o"], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"ptxas failed on {compiled.name}:\n{proc.stdout}{proc.stderr}")
+    used = re.search(r"Used (\d+) registers", proc.stderr)
+    frame, stores = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", proc.stderr).groups()
     if int(used.group(1)) != _registers(compiled.asm["cubin"]):
         raise RuntimeError(f"ptxas -v compiled {compiled.name} otherwise than Triton did")
     return dict(regs=int(used.group(1)), spill=int(stores), stack=int(frame))
@@ -190,7 +207,7 @@ def _mma(ptx):
 
 def _row(kernel, config, arch, compiled):
     ptx = compiled.asm["ptx"]
-    res = _ptxas(compiled)
+    res = _ptxas(compiled, arch)
     warps = config["num_warps"]
     programs = occupancy(res["regs"], warps, compiled.metadata.shared, arch)
     return dict(kernel=kernel, arch=arch, config=config, **res, shared=compiled.metadata.shared,
@@ -221,15 +238,17 @@ def compile_launches(names, archs=ARCHS, config=None) -> list:
             if tuner and config:
                 blocks = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
                 tuner.configs = [triton.Config(blocks, num_warps=config["num_warps"], num_stages=config["num_stages"])]
+                tuner.early_config_prune = None  # compile it for every architecture
             for arch in archs:
                 driver.set_active(_TargetOnly(arch))  # this process never needs a real one
                 compiled = tuner.warmup(*args, **kwargs) if tuner else [fn.warmup(*args, **kwargs)]
-                for cfg, k in zip(tuner.configs if tuner else [None], compiled):
+                configs = tuner.prune_configs(kwargs) if tuner else [None]  # the architecture's own
+                for cfg, k in zip(configs, compiled):
                     k = k.result() if hasattr(k, "result") else k
                     row = rows.get((k.hash, arch))
                     if row is None:
                         row = rows[k.hash, arch] = _row(fn.__name__, _config(cfg, kwargs), arch, k)
-                        row["launches"], row["tuned"] = [], len(tuner.configs) if tuner else 1
+                        row["launches"], row["tuned"] = [], len(configs)
                     if name not in row["launches"]:
                         row["launches"].append(name)
     return list(rows.values())
@@ -282,8 +301,29 @@ def launch_names() -> list:
                                      check=True, env=_compile_env()).stdout)
 
 
+# The block an attention kernel's programs tile N by (the query side, or the key side for dk/dv).
+_ROW_BLOCK = {"_attn_fwd": "BLOCK_M", "_attn_bwd_dq": "BLOCK_M", "_attn_bwd_dkdv": "BLOCK_N",
+              "_attn_bwd_preprocess": "BLOCK_M"}
+
+
+def sliver(row) -> int:
+    """The fewest real rows any program of an attention binary's launches gets, over its
+    block (0 where the binary is not attention): under 1/4, a program streams a whole slab for a
+    sliver of it."""
+    from mage_fast.kernels.attention import blocks_per_slab
+    if row["kernel"] not in _ROW_BLOCK:
+        return 0
+    block = row["config"][_ROW_BLOCK[row["kernel"]]]
+    fewest = block
+    for launch in row["launches"]:
+        n = int(re.search(r"N=(\d+)", launch).group(1))
+        fewest = min(fewest, n - (blocks_per_slab(n, block) - 1) * block)
+    return fewest
+
+
 def problems(rows) -> list:
-    """One line per binary that spills or cannot launch."""
+    """One line per binary that spills, cannot launch, or has a program whose real rows are
+    under a quarter of its block."""
     bad = []
     for r in rows:
         where = f"{r['kernel']} sm_{r['arch']} {r['config']} ({r['launches'][0]})"
@@ -291,6 +331,9 @@ def problems(rows) -> list:
             bad.append(f"{where}: {r['spill']} bytes spilled ({r['regs']} registers)")
         if not r["programs_per_sm"]:
             bad.append(f"{where}: cannot launch ({r['regs']} registers, {r['shared']} bytes of shared memory)")
+        block = r["config"].get(_ROW_BLOCK.get(r["kernel"]), 0)
+        if 4 * sliver(r) < block:
+            bad.append(f"{where}: a program with {sliver(r)} real rows of its {block}")
     return bad
 
 
@@ -311,9 +354,11 @@ def render(rows, triton_version) -> str:
         "Launches: attention at N = 129, 257, 258 (one binary: none is a multiple of 16), head dims 64",
         "(MAGE-B encoder, MAGE-L) and 48 (MAGE-B decoder), bf16 and fp32, training (dropout 0.1, forward and",
         "backward) and sampling (forward, no dropout); vq over MAGE's 1024 x 256 codebook; token drop at",
-        "D = 768 and 1024. `spill`: bytes of stack (spilled registers); `progs/SM`, `warps/SM`: resident",
+        "D = 768 and 1024. `spill`: bytes of spill stores (ptxas -v); `progs/SM`, `warps/SM`: resident",
         "programs and warps per SM (registers, shared memory, warp and block limits); `mul.hi` (Philox's",
-        "multiplies) and `ex2` are static PTX instruction counts.",
+        "multiplies) and `ex2` are static PTX instruction counts. `--check` (and tests/test_compile.py) fail",
+        "on a spill, an unlaunchable config, or an attention program whose real rows are under a quarter",
+        "of its block.",
         "",
         f"- triton: {triton_version}",
         f"- kernel sources: {source_hash()}",
@@ -351,13 +396,17 @@ def main(argv=None):
         print(json.dumps(compile_launches(spec["names"], spec["archs"], spec["config"])))
         return 0
     import triton
+    start = time.time()
     rows = collect(args.jobs)
+    # On the GPU machine this is also what autotuning every launch compiles (its benchmarking aside).
+    print(f"compiled {len(rows)} binaries in {time.time() - start:.0f} s on {args.jobs} processes "
+          f"(triton {triton.__version__})")
     bad = problems(rows)
     for line in bad:
         print(line)
     if not args.check:
         args.out.write_text(render(rows, triton.__version__))
-        print(f"wrote {args.out} ({len(rows)} binaries, triton {triton.__version__})")
+        print(f"wrote {args.out}")
     return 1 if bad else 0
 
 

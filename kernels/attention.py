@@ -347,35 +347,51 @@ def _dropout_mask_kernel(MASK, SEED, N, drop_threshold, BLOCK: tl.constexpr):
 
 # ----------------------------------------------------------------------------- launchers
 
-def _tuned(kernel, gpu_configs):
+def _tuned(kernel, sm90, sm80):
     """Autotuned over a few (BLOCK_M, BLOCK_N, warps, stages) on GPU, keyed on N, head dim, the
     mask/dropout variant and (automatically) dtypes; one config under the interpreter, which
-    cannot benchmark and runs large blocks fastest."""
+    cannot benchmark and runs large blocks fastest. sm90 and sm80 list the tiles for Hopper and
+    for Ampere (and anything else): sm_80's mma.sync keeps more of a tile in registers than
+    Hopper's wgmma, so tiles that fit one spill on the other (benchmarks/results/compile-report.md). The
+    architecture is read from Triton's driver at the first launch."""
     if interpreting():
-        configs = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
-    else:
-        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-                   for m, n, w, s in gpu_configs]
-    return triton.autotune(configs, key=["N", "HEAD_DIM", "HAS_KL", "DROPOUT"])(kernel)
+        return triton.autotune([triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)],
+                               key=["N", "HEAD_DIM", "HAS_KL", "DROPOUT"])(kernel)
+    tiles = list(dict.fromkeys(sm90 + sm80))
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in tiles]
+    hopper = {id(c) for c, tile in zip(configs, tiles) if tile in sm90}
+    ampere = {id(c) for c, tile in zip(configs, tiles) if tile in sm80}
+
+    def for_this_arch(candidates, named_args, **kwargs):
+        ids = hopper if triton.runtime.driver.active.get_current_target().arch >= 90 else ampere
+        return [c for c in candidates if id(c) in ids]
+
+    return triton.autotune(configs, key=["N", "HEAD_DIM", "HAS_KL", "DROPOUT"],
+                           prune_configs_by={"early_config_prune": for_this_arch})(kernel)
 
 
 # Forward: query rows per program x key step. dkdv: query step x keys per program. dq: rows per
-# program x key step. 16-bit inputs (tensor-core dots): chosen so that at d = 64 the tiles a
-# program keeps (q and its accumulator, or k, v, dk, dv) stay in registers without spilling
-# (ptxas, sm_90), dropout included.
-_fwd = _tuned(_attn_fwd, [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 2)])
+# program x key step. 16-bit inputs (tensor-core dots): tiles a program keeps (q and its
+# accumulator, or k, v, dk, dv) in registers without spilling, dropout included, at d = 48 and
+# 64 as launched (tests/test_compile.py).
+_fwd = _tuned(_attn_fwd, sm90=[(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 2)],
+              sm80=[(128, 64, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)])
 # Each config accumulates the softmax over keys in its own order, and autotuning picks one by
 # timing in each process: generation (no dropout) would then round differently across
-# processes and resumes. Without dropout the forward runs one fixed config instead.
-_fwd_fixed = _tuned(_attn_fwd, [(64, 64, 4, 2)])
-_dkdv = _tuned(_attn_bwd_dkdv, [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (64, 128, 8, 2)])
-_dq = _tuned(_attn_bwd_dq, [(64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2)])
+# processes and resumes. Without dropout the forward runs one fixed config instead (one per
+# architecture).
+_fwd_fixed = _tuned(_attn_fwd, sm90=[(64, 64, 4, 2)], sm80=[(64, 64, 8, 2)])
+_dkdv = _tuned(_attn_bwd_dkdv, sm90=[(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2)],
+               sm80=[(32, 32, 4, 2), (16, 64, 4, 2)])
+_dq = _tuned(_attn_bwd_dq, sm90=[(64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2)],
+             sm80=[(128, 32, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)])
 # fp32 ("ieee" dots on the FMA units, operands in registers): the tiles above spill 1-15 KB per
-# thread (ptxas, sm_90, triton 3.6); 32-wide tiles without pipelining spill 0-24 bytes.
-_fwd_ieee = _tuned(_attn_fwd, [(32, 32, 4, 1), (32, 16, 4, 2)])
-_fwd_fixed_ieee = _tuned(_attn_fwd, [(32, 32, 4, 1)])
-_dkdv_ieee = _tuned(_attn_bwd_dkdv, [(32, 32, 4, 1), (16, 32, 4, 2)])
-_dq_ieee = _tuned(_attn_bwd_dq, [(32, 32, 4, 1), (32, 16, 4, 2)])
+# thread; small tiles without pipelining fit (a 32 x 32 forward spills at d = 48).
+_fwd_ieee = _tuned(_attn_fwd, sm90=[(16, 16, 4, 1), (32, 16, 4, 1)], sm80=[(16, 16, 4, 1)])
+_fwd_fixed_ieee = _tuned(_attn_fwd, sm90=[(16, 16, 4, 1)], sm80=[(16, 16, 4, 1)])
+_dkdv_ieee = _tuned(_attn_bwd_dkdv, sm90=[(32, 32, 4, 1), (16, 16, 4, 1)],
+                    sm80=[(32, 32, 4, 1), (16, 16, 4, 1)])
+_dq_ieee = _tuned(_attn_bwd_dq, sm90=[(32, 32, 4, 1), (32, 16, 4, 2)], sm80=[(32, 32, 4, 1), (32, 16, 4, 2)])
 _KERNELS = {"tf32": dict(fwd=_fwd, fwd_fixed=_fwd_fixed, dkdv=_dkdv, dq=_dq),
             "ieee": dict(fwd=_fwd_ieee, fwd_fixed=_fwd_fixed_ieee, dkdv=_dkdv_ieee, dq=_dq_ieee)}
 _PRE_BLOCK = 64

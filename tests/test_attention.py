@@ -408,3 +408,16 @@ def test_benchmark_script_smoke(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "mage_fast qkv" in proc.stdout and list(tmp_path.glob("*attention*.json")), proc.stdout[-2000:]
+
+
+def test_attention_work_counts_padding_and_recomputation():
+    """The bound bench_attention.py reports against: N = 257 runs as 256 + 16 rows and columns,
+    d = 48 as 64, 9 matmuls forward + backward (4 useful-work units of 2 N^2 d forward, 14 with
+    the backward), exp2 in each of the three passes, a Philox call per 16 padded scores a pass."""
+    from mage_fast.bench.flops import attention_work
+    w = attention_work(2, 3, 257, 48, backward=True)
+    assert w["flop"] == 14 * 6 * 257**2 * 48 and w["executed_flop"] == 18 * 6 * 272**2 * 64
+    assert w["exp2"] == 3 * 6 * 272**2 and w["philox"] == 3 * 6 * 272**2 // 16
+    assert w["nbytes"] == 12 * 6 * 257 * 48 * 2
+    fwd = attention_work(2, 3, 129, 64, backward=False)
+    assert fwd["executed_flop"] == 4 * 6 * 144**2 * 64 and fwd["exp2"] == 6 * 144**2
