@@ -321,13 +321,13 @@ def sliver(row) -> int:
     return fewest
 
 
-def problems(rows) -> list:
-    """One line per binary that spills, cannot launch, or has a program whose real rows are
-    under a quarter of its block."""
+def problems(rows, spills=True) -> list:
+    """One line per binary that spills (unless spills=False), cannot launch, or has a program
+    whose real rows are under a quarter of its block."""
     bad = []
     for r in rows:
         where = f"{r['kernel']} sm_{r['arch']} {r['config']} ({r['launches'][0]})"
-        if r["spill"]:
+        if r["spill"] and spills:
             bad.append(f"{where}: {r['spill']} bytes spilled ({r['regs']} registers)")
         if not r["programs_per_sm"]:
             bad.append(f"{where}: cannot launch ({r['regs']} registers, {r['shared']} bytes of shared memory)")
