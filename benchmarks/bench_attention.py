@@ -1,26 +1,28 @@
 """Fused attention (mage_fast.ops.attention) against every SDPA backend that runs, FlexAttention,
 xformers and the official materialised fp32 attention, at MAGE's shapes in bf16: forward and
-forward+backward ms, TFLOP/s (forward 4*B*H*N^2*d, forward+backward 3.5x that), the fraction of
-the roofline at the shape's arithmetic intensity (roofline: min(bf16 peak, FLOP/byte x HBM
-bandwidth), the bytes being the least any kernel moves: q, k, v read and o written forward; q, k,
-v, o, do read and dq, dk, dv written backward), and our speed-up over the fastest SDPA backend (speedup, with that
-backend as baseline) and over the official attention (vs_official): their ms / our ms, same run
-and device; above 1 means ours is faster. err: each forward output's relative error against an
-fp32 reference.
+forward+backward ms, TFLOP/s (forward 4*B*H*N^2*d, forward+backward 3.5x that), of_bound: the
+least time our kernels' work allows over the measured time (mage_fast.bench.flops.attention_work:
+the tensor-core FLOPs they execute, head dim and N padded and the backward's recomputation
+counted, the exp2 count and the least HBM bytes, each at the device's peak; docs/kernels.md#attention-roofline),
+and our speed-up over the fastest SDPA backend (speedup, with that backend as baseline) and over the
+official attention (vs_official): their ms / our ms, same run and device; above 1 means ours is
+faster. err: each forward output's relative error against an fp32 reference.
 
     python benchmarks/bench_attention.py [--batch 64 256]   # on a GPU; writes benchmarks/results/
     python benchmarks/bench_attention.py --smoke            # CPU, tiny shapes: proves the script runs
 """
 import torch
 
-from common import attainable_tflops, bench_ms, device_record, finish, setup
+from common import bench_ms, device_record, finish, setup
+from mage_fast.bench.flops import attention_work
+from mage_fast.roofline import Roofline
 
 # (workload, heads, tokens, head dim): MAGE-B encoder 12 x 64, decoder 16 x 48; MAGE-L 16 x 64.
 # Training encoders see the 129 kept tokens, decoders and generation all 257.
 SHAPES = [("B-enc-train", 12, 129, 64), ("B-enc-gen", 12, 257, 64), ("B-dec", 16, 257, 48),
           ("B-dec-129", 16, 129, 48), ("L-enc-train", 16, 129, 64), ("L-enc-gen/dec", 16, 257, 64)]
 SMOKE_SHAPES = [("smoke", 2, 33, 48)]
-COLUMNS = ["workload", "B", "H", "N", "d", "mode", "impl", "ms", "tflops", "roofline", "err", "baseline",
+COLUMNS = ["workload", "B", "H", "N", "d", "mode", "impl", "ms", "tflops", "of_bound", "err", "baseline",
            "speedup", "vs_official", "note"]
 
 
@@ -90,10 +92,11 @@ def bench_shape(impls, workload, b, h, n, d, dtype, device, record):
     q, k, v, do = (torch.randn(b, h, n, d, generator=g, device=device).to(dtype) for _ in range(4))
     reference = attention_ref(q.float(), k.float(), v.float())
     rows = []
-    tensor_bytes = b * h * n * d * q.element_size()
-    for mode, flop, nbytes in (("fwd", 4 * b * h * n * n * d, 4 * tensor_bytes),
-                               ("fwd+bwd", 14 * b * h * n * n * d, 12 * tensor_bytes)):
-        peak = attainable_tflops(record, flop, nbytes)
+    roof = Roofline(**record["roofline"]) if record.get("roofline") else None
+    for mode in ("fwd", "fwd+bwd"):
+        work = attention_work(b, h, n, d, backward=mode == "fwd+bwd")
+        flop = work["flop"]
+        bound_ms = roof.bound_seconds(work["executed_flop"], work["nbytes"], work["exp2"]) * 1e3 if roof else None
         group = []
         for name, make in impls.items():
             row = dict(workload=workload, B=b, H=h, N=n, d=d, mode=mode, impl=name)
@@ -103,7 +106,7 @@ def bench_shape(impls, workload, b, h, n, d, dtype, device, record):
                 try:
                     timing, out = measure(make, q, k, v, do, mode)
                     tflops = flop / (timing["ms"] * 1e-3) / 1e12
-                    row.update(timing, tflops=tflops, roofline=tflops / peak if peak else None,
+                    row.update(timing, tflops=tflops, of_bound=bound_ms / timing["ms"] if bound_ms else None,
                                err=(out.float() - reference).norm().item() / reference.norm().item())
                 except Exception as e:  # a backend without a kernel for this shape, or failing to compile
                     row["note"] = f"refused: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"

@@ -4,7 +4,8 @@
 # order until BUDGET seconds (default 540) are spent, each command under a timeout of what is
 # left, so the packing at the end always runs inside a 10-minute call.
 #
-#   bash benchmarks/gpu_session.sh build           # pre-flight, build, `mage-fast info`, every benchmark --smoke
+#   bash benchmarks/gpu_session.sh build           # pre-flight, build, `mage-fast info`, the compile report's
+#                                                  # checks (spills, launchability), every benchmark --smoke
 #   bash benchmarks/gpu_session.sh test-attention  # tests marked gpu: attention (warms Triton's cache for the next)
 #   bash benchmarks/gpu_session.sh test-kernels    # tests marked gpu: token drop, vq, decoding step, backends
 #   bash benchmarks/gpu_session.sh test-models     # the other tests marked gpu: model, training, sampler, ...
@@ -96,6 +97,9 @@ bench() {  # name, script, arguments...
 stage() {
   case "$1" in
     build)
+      # Every kernel config as launched, compiled by this machine's Triton: fails on a spill or a
+      # config that cannot launch; the report it writes goes into logs.tgz, beside the committed one.
+      timed compile-report . $PY benchmarks/compile_report.py --out "$LOGS/compile-report.md"
       for k in attention vq token_drop decode_step mlm_loss train sampler; do
         timed "smoke-$k" benchmarks $PY "bench_$k.py" --smoke --results-dir "$LOGS/smoke"
       done ;;

@@ -7,7 +7,9 @@ delta = rowsum(dO * O), then one kernel for dk/dv and one for dq. The launchers 
 Tiling, and why:
 - N is 129 or 257: one row past a multiple of 64. Full BLOCK_M/BLOCK_N tiles skip the key mask
   and the ragged remainder runs as TAIL-sized tiles (the smallest tl.dot), so N = 257 costs
-  256 + 16 rows and columns instead of 320, on the query side and on the key side.
+  256 + 16 rows and columns instead of 320, on the query side and on the key side. A remainder
+  under a quarter of a block runs in the slab's last program after its full tile, not in a
+  program of its own that would stream all of K and V (or Q and dO) for one or two rows.
 - A (batch, head) slab is small (257 x 64 bf16 = 33 KB per tensor), so the grid is 1-D and
   slab-major: the programs of one slab run together and re-read its K/V (or Q/dO) from L2, and
   B*H*ceil(N/BLOCK) programs (e.g. 64*12*5 = 3840) fill 132 SMs many times over at MAGE's batches.
@@ -19,9 +21,10 @@ Tiling, and why:
   dq would push ceil(N/BLOCK_N) fp32 [N, d] partial sums per slab through L2's atomic units
   (more bytes than all the backward's HBM traffic at N = 257), need a zeroed fp32 buffer and a
   cast pass, and make dq nondeterministic. Recomputation is cheap in a bandwidth-bound regime.
-- Dropout's keep mask comes from Philox counters (query, group of 8 keys; batch * H + head)
+- Dropout's keep mask comes from Philox counters (query, group of 16 keys; batch * H + head)
   under a seed read from device memory, so the backward regenerates it, nothing the size of the
-  scores is stored, and a CUDA-graph replay can take a new seed.
+  scores is stored, and a CUDA-graph replay can take a new seed. 8-bit draws: p is rounded to a
+  multiple of 1/256 (0.1 -> 26/256 = 0.1015625), and the rescaling uses the rounded value.
 """
 import torch
 import triton
@@ -31,7 +34,7 @@ from ._runtime import interpreting
 
 LOG2E = 1.4426950408889634
 TAIL = 16  # smallest tl.dot tile: the ragged remainder of N runs at this size
-DROP_LEVELS = tl.constexpr(65536)  # dropout draws are 16-bit: p is rounded to a multiple of 2^-16
+DROP_LEVELS = tl.constexpr(256)  # dropout draws are 8-bit: p is rounded to a multiple of 2^-8
 
 
 # ----------------------------------------------------------------------------- kernel helpers
@@ -44,10 +47,14 @@ def _slab_offset(bh, H, stride_b, stride_h):
 
 @triton.jit
 def _program(N, BLOCK: tl.constexpr):
-    """(slab, first row) of this program. Slab-major: a slab's programs run together and share
-    its tiles in L2."""
-    num_blocks = tl.cdiv(N, BLOCK)
-    return tl.program_id(0) // num_blocks, tl.program_id(0) % num_blocks * BLOCK
+    """(slab, first row, end row) of this program. Slab-major: a slab's programs run together and
+    share its tiles in L2. The last program of a slab runs to N: a remainder under a quarter of
+    BLOCK is folded into it rather than given a program of its own (see blocks_per_slab)."""
+    full = N // BLOCK
+    num_blocks = tl.where((N - full * BLOCK) * 4 < BLOCK, tl.maximum(full, 1), full + 1)
+    block = tl.program_id(0) % num_blocks
+    start = block * BLOCK
+    return tl.program_id(0) // num_blocks, start, tl.where(block == num_blocks - 1, N, start + BLOCK)
 
 
 @triton.jit
@@ -87,16 +94,18 @@ def _interleave(a, b):
 
 @triton.jit
 def _keep(seed, bh, rows, start_n, N, drop_threshold, COLS: tl.constexpr):
-    """Dropout's keep mask [rows, COLS] for keys start_n + arange(COLS) (start_n a multiple of 8)
-    of slab bh. One Philox call per (slab, query, group of 8 keys) gives 4 x 32 random bits, i.e.
-    a 16-bit draw for each of the 8 keys: Philox is ~80 integer ops, which per score would cost
-    far more than the rest of the kernel. The draws depend on (slab, query, key) only, not on the
-    tiling, so the backward's differently shaped tiles regenerate the forward's mask. A key is
-    dropped when its draw is below drop_threshold = dropout_threshold(p)."""
-    groups = start_n // 8 + tl.arange(0, COLS // 8)
-    r0, r1, r2, r3 = tl.philox(seed, rows[:, None] * tl.cdiv(N, 8) + groups[None, :], bh, 0, 0)
+    """Dropout's keep mask [rows, COLS] for keys start_n + arange(COLS) (start_n a multiple of
+    16) of slab bh. One Philox call per (slab, query, group of 16 keys) gives 4 x 32 random bits,
+    an 8-bit draw for each of the 16 keys, as FlashAttention-2 draws them: Philox is ~80 integer
+    ops (20 of them mul.hi/mul.lo), which per score would cost more than the rest of the kernel,
+    and the three passes (forward, dk/dv, dq) each regenerate the mask. The draws depend on
+    (slab, query, key) only, not on the tiling, so the backward's differently shaped tiles
+    regenerate the forward's mask. A key is dropped when its draw is below drop_threshold =
+    dropout_threshold(p). mage_fast.ops.attention.dropout_mask_ref draws the same bits in PyTorch."""
+    groups = start_n // 16 + tl.arange(0, COLS // 16)
+    r0, r1, r2, r3 = tl.philox(seed, rows[:, None] * tl.cdiv(N, 16) + groups[None, :], bh, 0, 0)
     words = _interleave(_interleave(r0, r1), _interleave(r2, r3))
-    draws = _interleave(words & 0xFFFF, words >> 16)
+    draws = _interleave(_interleave(words & 0xFF, (words >> 8) & 0xFF), _interleave((words >> 16) & 0xFF, words >> 24))
     return draws.to(tl.int32) >= drop_threshold
 
 
@@ -164,16 +173,17 @@ def _attn_fwd(Q, K, V, O, LSE, KEY_LENGTHS, SEED, stride_b, stride_h, stride_n, 
               H, N, qk_scale, drop_threshold, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
               BLOCK_N: tl.constexpr, TAIL: tl.constexpr, HAS_KL: tl.constexpr, DROPOUT: tl.constexpr,
               PRECISION: tl.constexpr):
-    bh, start_m = _program(N, BLOCK_M)
+    bh, start_m, end_m = _program(N, BLOCK_M)
     off, kl, seed = _slab(bh, H, N, stride_b, stride_h, KEY_LENGTHS, SEED, HAS_KL, DROPOUT)
     o_base = O + _slab_offset(bh, H, stride_ob, stride_oh)
-    if start_m + BLOCK_M <= N:
+    tail = start_m
+    if start_m + BLOCK_M <= end_m:
         _fwd_rows(Q + off, K + off, V + off, o_base, LSE + bh * N, start_m, stride_n, stride_on, N, kl, qk_scale,
                   seed, bh, drop_threshold, BLOCK_M, HEAD_DIM, BLOCK_D, BLOCK_N, TAIL, DROPOUT, PRECISION)
-    else:
-        for start in range(start_m, N, TAIL):
-            _fwd_rows(Q + off, K + off, V + off, o_base, LSE + bh * N, start, stride_n, stride_on, N, kl, qk_scale,
-                      seed, bh, drop_threshold, TAIL, HEAD_DIM, BLOCK_D, BLOCK_N, TAIL, DROPOUT, PRECISION)
+        tail = start_m + BLOCK_M
+    for start in range(tail, end_m, TAIL):
+        _fwd_rows(Q + off, K + off, V + off, o_base, LSE + bh * N, start, stride_n, stride_on, N, kl, qk_scale,
+                  seed, bh, drop_threshold, TAIL, HEAD_DIM, BLOCK_D, BLOCK_N, TAIL, DROPOUT, PRECISION)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -181,12 +191,13 @@ def _attn_fwd(Q, K, V, O, LSE, KEY_LENGTHS, SEED, stride_b, stride_h, stride_n, 
 @triton.jit
 def _attn_bwd_preprocess(O, DO, DELTA, stride_ob, stride_oh, stride_on, H, N, HEAD_DIM: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
-    bh, start_m = _program(N, BLOCK_M)
-    rows = start_m + tl.arange(0, BLOCK_M)
+    bh, start_m, end_m = _program(N, BLOCK_M)
     off = _slab_offset(bh, H, stride_ob, stride_oh)
-    o = _load_rows(O + off, rows, stride_on, N, HEAD_DIM, BLOCK_D).to(tl.float32)
-    do = _load_rows(DO + off, rows, stride_on, N, HEAD_DIM, BLOCK_D).to(tl.float32)
-    tl.store(DELTA + bh * N + rows, tl.sum(o * do, 1), mask=rows < N)
+    for start in range(start_m, end_m, BLOCK_M):  # the last program: a full block, then the folded rows
+        rows = start + tl.arange(0, BLOCK_M)
+        o = _load_rows(O + off, rows, stride_on, N, HEAD_DIM, BLOCK_D).to(tl.float32)
+        do = _load_rows(DO + off, rows, stride_on, N, HEAD_DIM, BLOCK_D).to(tl.float32)
+        tl.store(DELTA + bh * N + rows, tl.sum(o * do, 1), mask=rows < N)
 
 
 @triton.jit
@@ -245,19 +256,20 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, KEY_LENGTHS, SEED, stride_b,
                    stride_oh, stride_on, stride_gb, stride_gh, stride_gn, H, N, qk_scale, sm_scale, drop_threshold,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    TAIL: tl.constexpr, HAS_KL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
-    bh, start_n = _program(N, BLOCK_N)
+    bh, start_n, end_n = _program(N, BLOCK_N)
     off, kl, seed = _slab(bh, H, N, stride_b, stride_h, KEY_LENGTHS, SEED, HAS_KL, DROPOUT)
     do_base = DO + _slab_offset(bh, H, stride_ob, stride_oh)
     g_off = _slab_offset(bh, H, stride_gb, stride_gh)
-    if start_n + BLOCK_N <= N:
+    tail = start_n
+    if start_n + BLOCK_N <= end_n:
         _dkdv_cols(Q + off, K + off, V + off, do_base, DK + g_off, DV + g_off, LSE + bh * N, DELTA + bh * N,
                    start_n, stride_n, stride_on, stride_gn, N, kl, qk_scale, sm_scale, seed, bh, drop_threshold,
                    BLOCK_N, HEAD_DIM, BLOCK_D, BLOCK_M, TAIL, HAS_KL, DROPOUT, PRECISION)
-    else:
-        for start in range(start_n, N, TAIL):
-            _dkdv_cols(Q + off, K + off, V + off, do_base, DK + g_off, DV + g_off, LSE + bh * N, DELTA + bh * N,
-                       start, stride_n, stride_on, stride_gn, N, kl, qk_scale, sm_scale, seed, bh, drop_threshold,
-                       TAIL, HEAD_DIM, BLOCK_D, BLOCK_M, TAIL, HAS_KL, DROPOUT, PRECISION)
+        tail = start_n + BLOCK_N
+    for start in range(tail, end_n, TAIL):
+        _dkdv_cols(Q + off, K + off, V + off, do_base, DK + g_off, DV + g_off, LSE + bh * N, DELTA + bh * N,
+                   start, stride_n, stride_on, stride_gn, N, kl, qk_scale, sm_scale, seed, bh, drop_threshold,
+                   TAIL, HEAD_DIM, BLOCK_D, BLOCK_M, TAIL, HAS_KL, DROPOUT, PRECISION)
 
 
 @triton.jit
@@ -304,19 +316,20 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, KEY_LENGTHS, SEED, stride_b, strid
                  stride_on, stride_gb, stride_gh, stride_gn, H, N, qk_scale, sm_scale, drop_threshold,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  TAIL: tl.constexpr, HAS_KL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
-    bh, start_m = _program(N, BLOCK_M)
+    bh, start_m, end_m = _program(N, BLOCK_M)
     off, kl, seed = _slab(bh, H, N, stride_b, stride_h, KEY_LENGTHS, SEED, HAS_KL, DROPOUT)
     do_base = DO + _slab_offset(bh, H, stride_ob, stride_oh)
     dq_base = DQ + _slab_offset(bh, H, stride_gb, stride_gh)
-    if start_m + BLOCK_M <= N:
+    tail = start_m
+    if start_m + BLOCK_M <= end_m:
         _dq_rows(Q + off, K + off, V + off, do_base, dq_base, LSE + bh * N, DELTA + bh * N, start_m, stride_n,
                  stride_on, stride_gn, N, kl, qk_scale, sm_scale, seed, bh, drop_threshold, BLOCK_M, HEAD_DIM, BLOCK_D,
                  BLOCK_N, TAIL, DROPOUT, PRECISION)
-    else:
-        for start in range(start_m, N, TAIL):
-            _dq_rows(Q + off, K + off, V + off, do_base, dq_base, LSE + bh * N, DELTA + bh * N, start, stride_n,
-                     stride_on, stride_gn, N, kl, qk_scale, sm_scale, seed, bh, drop_threshold, TAIL, HEAD_DIM,
-                     BLOCK_D, BLOCK_N, TAIL, DROPOUT, PRECISION)
+        tail = start_m + BLOCK_M
+    for start in range(tail, end_m, TAIL):
+        _dq_rows(Q + off, K + off, V + off, do_base, dq_base, LSE + bh * N, DELTA + bh * N, start, stride_n,
+                 stride_on, stride_gn, N, kl, qk_scale, sm_scale, seed, bh, drop_threshold, TAIL, HEAD_DIM,
+                 BLOCK_D, BLOCK_N, TAIL, DROPOUT, PRECISION)
 
 
 @triton.jit
@@ -334,43 +347,59 @@ def _dropout_mask_kernel(MASK, SEED, N, drop_threshold, BLOCK: tl.constexpr):
 
 # ----------------------------------------------------------------------------- launchers
 
-def _tuned(kernel, gpu_configs):
+def _tuned(kernel, sm90, sm80):
     """Autotuned over a few (BLOCK_M, BLOCK_N, warps, stages) on GPU, keyed on N, head dim, the
     mask/dropout variant and (automatically) dtypes; one config under the interpreter, which
-    cannot benchmark and runs large blocks fastest."""
+    cannot benchmark and runs large blocks fastest. sm90 and sm80 list the tiles for Hopper and
+    for Ampere (and anything else): sm_80's mma.sync keeps more of a tile in registers than
+    Hopper's wgmma, so tiles that fit one spill on the other (benchmarks/results/compile-report.md). The
+    architecture is read from Triton's driver at the first launch."""
     if interpreting():
-        configs = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
-    else:
-        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-                   for m, n, w, s in gpu_configs]
-    return triton.autotune(configs, key=["N", "HEAD_DIM", "HAS_KL", "DROPOUT"])(kernel)
+        return triton.autotune([triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)],
+                               key=["N", "HEAD_DIM", "HAS_KL", "DROPOUT"])(kernel)
+    tiles = list(dict.fromkeys(sm90 + sm80))
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in tiles]
+    hopper = {id(c) for c, tile in zip(configs, tiles) if tile in sm90}
+    ampere = {id(c) for c, tile in zip(configs, tiles) if tile in sm80}
+
+    def for_this_arch(candidates, named_args, **kwargs):
+        ids = hopper if triton.runtime.driver.active.get_current_target().arch >= 90 else ampere
+        return [c for c in candidates if id(c) in ids]
+
+    return triton.autotune(configs, key=["N", "HEAD_DIM", "HAS_KL", "DROPOUT"],
+                           prune_configs_by={"early_config_prune": for_this_arch})(kernel)
 
 
 # Forward: query rows per program x key step. dkdv: query step x keys per program. dq: rows per
-# program x key step. 16-bit inputs (tensor-core dots): chosen so that at d = 64 the tiles a
-# program keeps (q and its accumulator, or k, v, dk, dv) stay in registers without spilling
-# (ptxas, sm_90), dropout included.
-_fwd = _tuned(_attn_fwd, [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 2)])
+# program x key step. 16-bit inputs (tensor-core dots): tiles a program keeps (q and its
+# accumulator, or k, v, dk, dv) in registers without spilling, dropout included, at d = 48 and
+# 64 as launched (tests/test_compile.py).
+_fwd = _tuned(_attn_fwd, sm90=[(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 2)],
+              sm80=[(128, 64, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)])
 # Each config accumulates the softmax over keys in its own order, and autotuning picks one by
 # timing in each process: generation (no dropout) would then round differently across
-# processes and resumes. Without dropout the forward runs one fixed config instead.
-_fwd_fixed = _tuned(_attn_fwd, [(64, 64, 4, 2)])
-_dkdv = _tuned(_attn_bwd_dkdv, [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (64, 128, 8, 2)])
-_dq = _tuned(_attn_bwd_dq, [(64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2)])
+# processes and resumes. Without dropout the forward runs one fixed config instead (one per
+# architecture).
+_fwd_fixed = _tuned(_attn_fwd, sm90=[(64, 64, 4, 2)], sm80=[(64, 64, 8, 2)])
+_dkdv = _tuned(_attn_bwd_dkdv, sm90=[(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2)],
+               sm80=[(32, 32, 4, 2), (16, 64, 4, 2)])
+_dq = _tuned(_attn_bwd_dq, sm90=[(64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2)],
+             sm80=[(128, 32, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)])
 # fp32 ("ieee" dots on the FMA units, operands in registers): the tiles above spill 1-15 KB per
-# thread (ptxas, sm_90, triton 3.6); 32-wide tiles without pipelining spill 0-24 bytes.
-_fwd_ieee = _tuned(_attn_fwd, [(32, 32, 4, 1), (32, 16, 4, 2)])
-_fwd_fixed_ieee = _tuned(_attn_fwd, [(32, 32, 4, 1)])
-_dkdv_ieee = _tuned(_attn_bwd_dkdv, [(32, 32, 4, 1), (16, 32, 4, 2)])
-_dq_ieee = _tuned(_attn_bwd_dq, [(32, 32, 4, 1), (32, 16, 4, 2)])
+# thread; small tiles without pipelining fit (a 32 x 32 forward spills at d = 48).
+_fwd_ieee = _tuned(_attn_fwd, sm90=[(16, 16, 4, 1), (32, 16, 4, 1)], sm80=[(16, 16, 4, 1)])
+_fwd_fixed_ieee = _tuned(_attn_fwd, sm90=[(16, 16, 4, 1)], sm80=[(16, 16, 4, 1)])
+_dkdv_ieee = _tuned(_attn_bwd_dkdv, sm90=[(32, 32, 4, 1), (16, 16, 4, 1)],
+                    sm80=[(32, 32, 4, 1), (16, 16, 4, 1)])
+_dq_ieee = _tuned(_attn_bwd_dq, sm90=[(32, 32, 4, 1), (32, 16, 4, 2)], sm80=[(32, 32, 4, 1), (32, 16, 4, 2)])
 _KERNELS = {"tf32": dict(fwd=_fwd, fwd_fixed=_fwd_fixed, dkdv=_dkdv, dq=_dq),
             "ieee": dict(fwd=_fwd_ieee, fwd_fixed=_fwd_fixed_ieee, dkdv=_dkdv_ieee, dq=_dq_ieee)}
 _PRE_BLOCK = 64
 
 
 def dropout_threshold(dropout_p: float) -> int:
-    """The kernels drop a probability when its 16-bit draw is below this: the drop probability
-    is dropout_p rounded to a multiple of 2^-16 (and the rescaling uses that same value)."""
+    """The kernels drop a probability when its 8-bit draw is below this: the drop probability
+    is dropout_p rounded to a multiple of 2^-8 (and the rescaling uses that same value)."""
     return round(dropout_p * DROP_LEVELS.value)
 
 
@@ -382,8 +411,17 @@ def _constexprs(q, key_lengths, threshold):
                 PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
 
 
+def blocks_per_slab(n: int, block: int) -> int:
+    """Programs per (batch, head) slab for BLOCK = block: N // block, plus one for a remainder of
+    at least a quarter block; a smaller remainder runs in the last program (as TAIL tiles after
+    its full tile). At N = 129 with 64-row tiles the 129th row would otherwise be a third program
+    that streams all of K and V for one row. The kernels' _program computes the same."""
+    full, rest = divmod(n, block)
+    return max(full, 1) if 4 * rest < block else full + 1
+
+
 def _grid(num_slabs, n, block):
-    return lambda meta: (triton.cdiv(n, meta[block]) * num_slabs,)
+    return lambda meta: (blocks_per_slab(n, meta[block]) * num_slabs,)
 
 
 def attention_forward(q, k, v, out, lse, key_lengths, seed, dropout_p, scale):
@@ -404,7 +442,7 @@ def attention_backward(do, q, k, v, out, lse, dq, dk, dv, key_lengths, seed, dro
     meta = _constexprs(q, key_lengths, threshold)
     # With dropout too, rowsum(dP * P) = rowsum(dO * O) for the dropped-and-rescaled output O.
     delta = torch.empty_like(lse)
-    _attn_bwd_preprocess[(triton.cdiv(N, _PRE_BLOCK) * B * H,)](
+    _attn_bwd_preprocess[(blocks_per_slab(N, _PRE_BLOCK) * B * H,)](
         out, do, delta, *out.stride()[:3], H, N, HEAD_DIM=meta["HEAD_DIM"], BLOCK_D=meta["BLOCK_D"],
         BLOCK_M=_PRE_BLOCK)
     common = (key_lengths, seed, *q.stride()[:3], *do.stride()[:3], *dq.stride()[:3], H, N, scale * LOG2E, scale,

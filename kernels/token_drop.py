@@ -7,13 +7,12 @@ Layouts (all contiguous): noise [B, 256]; keep_index [B, KEPT] int64, the kept s
 ascending order (slot 0, the class token, first); masked [B, 257] bool (slot 0 False); the
 kept rows [B, KEPT, D]; the full sequence [B, 257, D].
 """
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from ._runtime import interpreting
+from ._runtime import interpreting, programs_per_sm
 
 
 # ---------------------------------------------------------------- drop and mask sets
@@ -44,90 +43,141 @@ def mask_sets_kernel(noise_ptr, num_masked_ptr, keep_ptr, masked_ptr, num_droppe
 
 
 # ---------------------------------------------------------------- encoder input
+# A row of D values is held as two power-of-two pieces, [0, BLOCK_A) and [BLOCK_A, BLOCK_A +
+# BLOCK_B), so that D = 768 (MAGE-B) takes 512 + 256 lanes rather than 1024 with a quarter
+# masked. Where D is a power of two the second piece is 16 lanes past D, all masked: its loads
+# and stores are predicated off.
 @triton.jit
-def _kept_embeddings(rows, row_ok, cols, col_ok, ids_ptr, masked_ptr, keep_ptr, word_ptr, pos_ptr,
-                     num_kept, D, CLASS_ID: tl.constexpr, MASK_ID: tl.constexpr, SEQ: tl.constexpr):
-    """Kept rows (flat index b * num_kept + r) -> their slot, token and word + position embedding."""
+def _kept_tokens(rows, row_ok, ids_ptr, masked_ptr, keep_ptr, num_kept, CLASS_ID: tl.constexpr,
+                 MASK_ID: tl.constexpr, SEQ: tl.constexpr):
+    """Kept rows (flat index b * num_kept + r) -> their slot and token."""
     b = rows // num_kept
     slot = tl.load(keep_ptr + rows, mask=row_ok, other=0)
     is_masked = tl.load(masked_ptr + b * SEQ + slot, mask=row_ok, other=0) != 0
     image_id = tl.load(ids_ptr + b * (SEQ - 1) + slot - 1, mask=row_ok & (slot > 0), other=0)
-    token = tl.where(is_masked, MASK_ID, tl.where(slot == 0, CLASS_ID, image_id))
+    return slot, tl.where(is_masked, MASK_ID, tl.where(slot == 0, CLASS_ID, image_id))
+
+
+@triton.jit
+def _embedding(slot, token, row_ok, word_ptr, pos_ptr, D, START: tl.constexpr, WIDTH: tl.constexpr):
+    """Columns [START, START + WIDTH) of word[token] + pos[slot], fp32 (0 past D): (cols, col_ok, x)."""
+    cols = START + tl.arange(0, WIDTH)
+    col_ok = cols < D
     mask = row_ok[:, None] & col_ok[None, :]
     x = (tl.load(word_ptr + token[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
          + tl.load(pos_ptr + slot[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32))
-    return slot, token, x
+    return cols, col_ok, x
+
+
+@triton.jit
+def _normalise(x, mean, rstd, cols, col_ok, rows, row_ok, weight_ptr, bias_ptr, out_ptr, D):
+    w = tl.load(weight_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    b = tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    y = (x - mean[:, None]) * rstd[:, None] * w[None, :] + b[None, :]
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], y, mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
 def embed_forward_kernel(ids_ptr, masked_ptr, keep_ptr, word_ptr, pos_ptr, weight_ptr, bias_ptr,
                          out_ptr, mean_ptr, rstd_ptr, n_rows, num_kept, D, eps,
                          CLASS_ID: tl.constexpr, MASK_ID: tl.constexpr, SEQ: tl.constexpr,
-                         ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+                         ROWS: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
     # ROWS whole rows a program (LayerNorm reduces over D): embedding rows are gathered from the
     # tables (L2-resident), so HBM traffic is the output write and the small index reads.
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < n_rows
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    _, _, x = _kept_embeddings(rows, row_ok, cols, col_ok, ids_ptr, masked_ptr, keep_ptr, word_ptr,
-                               pos_ptr, num_kept, D, CLASS_ID, MASK_ID, SEQ)
-    mean = tl.sum(x, axis=1) / D
-    centred = tl.where(col_ok[None, :], x - mean[:, None], 0.0)
-    rstd = tl.rsqrt(tl.sum(centred * centred, axis=1) / D + eps)
-    w = tl.load(weight_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    b = tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    y = centred * rstd[:, None] * w[None, :] + b[None, :]
-    offsets = rows.to(tl.int64)[:, None] * D + cols[None, :]
-    tl.store(out_ptr + offsets, y, mask=row_ok[:, None] & col_ok[None, :])
+    slot, token = _kept_tokens(rows, row_ok, ids_ptr, masked_ptr, keep_ptr, num_kept, CLASS_ID, MASK_ID, SEQ)
+    cols_a, ok_a, xa = _embedding(slot, token, row_ok, word_ptr, pos_ptr, D, 0, BLOCK_A)
+    cols_b, ok_b, xb = _embedding(slot, token, row_ok, word_ptr, pos_ptr, D, BLOCK_A, BLOCK_B)
+    mean = (tl.sum(xa, axis=1) + tl.sum(xb, axis=1)) / D
+    ca = tl.where(ok_a[None, :], xa - mean[:, None], 0.0)
+    cb = tl.where(ok_b[None, :], xb - mean[:, None], 0.0)
+    rstd = tl.rsqrt((tl.sum(ca * ca, axis=1) + tl.sum(cb * cb, axis=1)) / D + eps)
+    _normalise(xa, mean, rstd, cols_a, ok_a, rows, row_ok, weight_ptr, bias_ptr, out_ptr, D)
+    _normalise(xb, mean, rstd, cols_b, ok_b, rows, row_ok, weight_ptr, bias_ptr, out_ptr, D)
     tl.store(mean_ptr + rows, mean, mask=row_ok)
     tl.store(rstd_ptr + rows, rstd, mask=row_ok)
 
 
 @triton.jit
+def _grad_terms(rows, row_ok, slot, token, mean, rstd, dy_ptr, word_ptr, pos_ptr, weight_ptr, D,
+                START: tl.constexpr, WIDTH: tl.constexpr):
+    """One piece of a LayerNorm backward: (cols, col_ok, xhat, w * dy, dy)."""
+    cols, col_ok, x = _embedding(slot, token, row_ok, word_ptr, pos_ptr, D, START, WIDTH)
+    mask = row_ok[:, None] & col_ok[None, :]
+    xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+    dy = tl.load(dy_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(weight_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    return cols, col_ok, xhat, w[None, :] * dy, dy
+
+
+@triton.jit
+def _scatter_grads(dweight, dbias, dclass, dmask, cols, col_ok, xhat, wdy, dy, c1, c2, rstd, row_ok, slot, token,
+                   dword_ptr, dpos_ptr, D, CLASS_ID: tl.constexpr, MASK_ID: tl.constexpr):
+    """dx of one piece: per-row targets (codebook id, position) by atomics, the rest summed."""
+    mask = row_ok[:, None] & col_ok[None, :]
+    dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+    dweight += tl.sum(dy * xhat, axis=0)
+    dbias += tl.sum(dy, axis=0)
+    dclass += tl.sum(tl.where((token == CLASS_ID)[:, None], dx, 0.0), axis=0)
+    dmask += tl.sum(tl.where((token == MASK_ID)[:, None], dx, 0.0), axis=0)
+    plain = (token != CLASS_ID) & (token != MASK_ID)
+    # Relaxed: a sum needs atomicity, not ordering against other memory operations.
+    tl.atomic_add(dword_ptr + token[:, None] * D + cols[None, :], dx, mask=mask & plain[:, None], sem="relaxed")
+    tl.atomic_add(dpos_ptr + slot[:, None] * D + cols[None, :], dx, mask=mask, sem="relaxed")
+    return dweight, dbias, dclass, dmask
+
+
+@triton.jit
+def _flush_grads(dweight, dbias, dclass, dmask, cols, col_ok, dweight_ptr, dbias_ptr, dword_ptr, D,
+                 CLASS_ID: tl.constexpr, MASK_ID: tl.constexpr):
+    tl.atomic_add(dweight_ptr + cols, dweight, mask=col_ok, sem="relaxed")
+    tl.atomic_add(dbias_ptr + cols, dbias, mask=col_ok, sem="relaxed")
+    tl.atomic_add(dword_ptr + CLASS_ID * D + cols, dclass, mask=col_ok, sem="relaxed")
+    tl.atomic_add(dword_ptr + MASK_ID * D + cols, dmask, mask=col_ok, sem="relaxed")
+
+
+@triton.jit(do_not_specialize=["rows_per_program"])
 def embed_backward_kernel(dy_ptr, ids_ptr, masked_ptr, keep_ptr, word_ptr, pos_ptr, weight_ptr,
                           mean_ptr, rstd_ptr, dword_ptr, dpos_ptr, dweight_ptr, dbias_ptr,
                           n_rows, rows_per_program, num_kept, D,
                           CLASS_ID: tl.constexpr, MASK_ID: tl.constexpr, SEQ: tl.constexpr,
-                          ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-    # A persistent grid (a few programs per SM) walks the rows: the LayerNorm parameter
-    # gradients and the two shared tokens (class, mask: up to 129 rows an image) are summed in
-    # registers and added once per program; only the per-row targets (position, codebook id)
-    # are atomics: a position's row is shared by the B images, a codebook id's by every kept
-    # row that holds it (a frequent code: many more).
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    w = tl.load(weight_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    dweight = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-    dbias = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-    dclass = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-    dmask = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+                          ROWS: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    # A persistent grid (as many programs as the GPU holds at once) walks the rows: the
+    # LayerNorm parameter gradients and the two shared tokens (class, mask: up to 129 rows an
+    # image) are summed in registers, one [D] vector each (reduced over a step's rows, so they
+    # cost D / threads registers, not ROWS times that), and added once per program; only the
+    # per-row targets (position, codebook id) are atomics: a position's row is shared by the B
+    # images, a codebook id's by every kept row that holds it (a frequent code: many more).
+    zero_a = tl.zeros([BLOCK_A], dtype=tl.float32)
+    zero_b = tl.zeros([BLOCK_B], dtype=tl.float32)
+    dweight_a, dbias_a, dclass_a, dmask_a = zero_a, zero_a, zero_a, zero_a
+    dweight_b, dbias_b, dclass_b, dmask_b = zero_b, zero_b, zero_b, zero_b
     start = tl.program_id(0) * rows_per_program
     for r0 in range(start, start + rows_per_program, ROWS):
         rows = r0 + tl.arange(0, ROWS)
         row_ok = rows < n_rows
-        mask = row_ok[:, None] & col_ok[None, :]
-        slot, token, x = _kept_embeddings(rows, row_ok, cols, col_ok, ids_ptr, masked_ptr, keep_ptr,
-                                          word_ptr, pos_ptr, num_kept, D, CLASS_ID, MASK_ID, SEQ)
+        slot, token = _kept_tokens(rows, row_ok, ids_ptr, masked_ptr, keep_ptr, num_kept, CLASS_ID, MASK_ID, SEQ)
         mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
         rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
-        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-        dy = tl.load(dy_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        wdy = w[None, :] * dy
-        c1 = tl.sum(xhat * wdy, axis=1) / D
-        c2 = tl.sum(wdy, axis=1) / D
-        dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
-        dweight += dy * xhat
-        dbias += dy
-        dclass += tl.where((token == CLASS_ID)[:, None], dx, 0.0)
-        dmask += tl.where((token == MASK_ID)[:, None], dx, 0.0)
-        plain = (token != CLASS_ID) & (token != MASK_ID)
-        tl.atomic_add(dword_ptr + token[:, None] * D + cols[None, :], dx, mask=mask & plain[:, None])
-        tl.atomic_add(dpos_ptr + slot[:, None] * D + cols[None, :], dx, mask=mask)
-    tl.atomic_add(dweight_ptr + cols, tl.sum(dweight, axis=0), mask=col_ok)
-    tl.atomic_add(dbias_ptr + cols, tl.sum(dbias, axis=0), mask=col_ok)
-    tl.atomic_add(dword_ptr + CLASS_ID * D + cols, tl.sum(dclass, axis=0), mask=col_ok)
-    tl.atomic_add(dword_ptr + MASK_ID * D + cols, tl.sum(dmask, axis=0), mask=col_ok)
+        cols_a, ok_a, xhat_a, wdy_a, dy_a = _grad_terms(rows, row_ok, slot, token, mean, rstd, dy_ptr, word_ptr,
+                                                        pos_ptr, weight_ptr, D, 0, BLOCK_A)
+        cols_b, ok_b, xhat_b, wdy_b, dy_b = _grad_terms(rows, row_ok, slot, token, mean, rstd, dy_ptr, word_ptr,
+                                                        pos_ptr, weight_ptr, D, BLOCK_A, BLOCK_B)
+        c1 = (tl.sum(xhat_a * wdy_a, axis=1) + tl.sum(xhat_b * wdy_b, axis=1)) / D
+        c2 = (tl.sum(wdy_a, axis=1) + tl.sum(wdy_b, axis=1)) / D
+        dweight_a, dbias_a, dclass_a, dmask_a = _scatter_grads(
+            dweight_a, dbias_a, dclass_a, dmask_a, cols_a, ok_a, xhat_a, wdy_a, dy_a, c1, c2, rstd, row_ok, slot,
+            token, dword_ptr, dpos_ptr, D, CLASS_ID, MASK_ID)
+        dweight_b, dbias_b, dclass_b, dmask_b = _scatter_grads(
+            dweight_b, dbias_b, dclass_b, dmask_b, cols_b, ok_b, xhat_b, wdy_b, dy_b, c1, c2, rstd, row_ok, slot,
+            token, dword_ptr, dpos_ptr, D, CLASS_ID, MASK_ID)
+    cols_a = tl.arange(0, BLOCK_A)
+    cols_b = BLOCK_A + tl.arange(0, BLOCK_B)
+    _flush_grads(dweight_a, dbias_a, dclass_a, dmask_a, cols_a, cols_a < D, dweight_ptr, dbias_ptr, dword_ptr, D,
+                 CLASS_ID, MASK_ID)
+    _flush_grads(dweight_b, dbias_b, dclass_b, dmask_b, cols_b, cols_b < D, dweight_ptr, dbias_ptr, dword_ptr, D,
+                 CLASS_ID, MASK_ID)
 
 
 # ---------------------------------------------------------------- decoder restore
@@ -181,7 +231,7 @@ def restore_backward_kernel(dout_ptr, rows_ptr, masked_ptr, dx_ptr, dpos_ptr, B,
         g = tl.load(dout_ptr + (bs64[:, None] * SEQ + slots[None, :])[:, :, None] * D + cols[None, None, :],
                     mask=mask, other=0.0).to(tl.float32)
         tl.atomic_add(dpos_ptr + slots[:, None] * D + cols[None, :], tl.sum(g, axis=0),
-                      mask=(slots < SEQ)[:, None] & col_ok[None, :])
+                      mask=(slots < SEQ)[:, None] & col_ok[None, :], sem="relaxed")
         row0 += tl.sum(tl.where(own[:, :, None], 0.0, g), axis=1)
         dx_rows = (bs64[:, None] * num_kept + row)[:, :, None] * D + cols[None, None, :]
         tl.store(dx_ptr + dx_rows, tl.where(own[:, :, None], g, 0.0), mask=mask & (row > 0)[:, :, None])
@@ -189,16 +239,46 @@ def restore_backward_kernel(dout_ptr, rows_ptr, masked_ptr, dx_ptr, dpos_ptr, B,
 
 
 # ---------------------------------------------------------------- launchers
-# Tile sizes: on a GPU ~4K elements a program (16 a thread at 8 warps); under the interpreter
-# large tiles, since every program step is a Python step.
+# Tile sizes: on a GPU ~2K elements a program step (8 a thread at 8 warps: embed_backward then
+# needs under 128 registers, two programs an SM; twice that needed over 200); under the
+# interpreter large tiles, since every program step is a Python step.
 def _rows_per_step(block_d):
-    return 64 if interpreting() else max(1, 4096 // block_d)
+    return 64 if interpreting() else max(1, 2048 // block_d)
 
 
-@functools.lru_cache(maxsize=None)
-def _programs(device_index):
-    """Programs of the persistent backward grid: a few per SM."""
-    return 2 if interpreting() else 4 * torch.cuda.get_device_properties(device_index).multi_processor_count
+def _pieces(d):
+    """(BLOCK_A, BLOCK_B): a row of d values as two power-of-two pieces (see _embedding)."""
+    block_a = 1 << (d.bit_length() - 1)
+    return block_a, max(16, triton.next_power_of_2(d - block_a))
+
+
+def _specialisation(args):
+    """What a launch specialises on (dtypes, 16-byte alignment, ints divisible by 16 or equal to 1)."""
+    return tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else
+                 (type(a), a % 16 == 0, a == 1) if isinstance(a, int) else type(a) for a in args)
+
+
+_RESIDENT = {}
+
+
+def persistent_programs(kernel, args, meta, device):
+    """Programs of a persistent grid: as many as the GPU holds at once, from the compiled
+    kernel's registers and shared memory against the SM's limits (more programs would only queue
+    behind the first wave, each adding its own flush of partial sums; fewer leave SM slots
+    empty). The kernel is compiled for these args (its launch then reuses that binary). Two
+    under the interpreter."""
+    if interpreting():
+        return 2
+    key = (kernel, device.index, _specialisation(args), tuple(sorted(meta.items())))
+    if key not in _RESIDENT:
+        compiled = kernel.warmup(*args, grid=(1,), **meta)
+        compiled._init_handles()
+        props = torch.cuda.get_device_properties(device)
+        per_sm = programs_per_sm(compiled.n_regs, meta["num_warps"], compiled.metadata.shared,
+                                 props.regs_per_multiprocessor, props.shared_memory_per_multiprocessor,
+                                 props.max_threads_per_multi_processor // 32)
+        _RESIDENT[key] = max(1, per_sm) * props.multi_processor_count
+    return _RESIDENT[key]
 
 
 def mask_sets_forward(noise, num_dropped, num_masked):
@@ -213,9 +293,9 @@ def mask_sets_forward(noise, num_dropped, num_masked):
 
 
 def _embed_args(ids, masked, keep_index, word, pos, class_id, mask_id):
-    block_d = triton.next_power_of_2(word.shape[1])
-    meta = dict(CLASS_ID=class_id, MASK_ID=mask_id, SEQ=masked.shape[1],
-                ROWS=_rows_per_step(block_d), BLOCK_D=block_d, num_warps=8 if block_d >= 512 else 4)
+    block_a, block_b = _pieces(word.shape[1])
+    meta = dict(CLASS_ID=class_id, MASK_ID=mask_id, SEQ=masked.shape[1], ROWS=_rows_per_step(2 * block_a),
+                BLOCK_A=block_a, BLOCK_B=block_b, num_warps=8 if block_a >= 512 else 4)
     return (ids, masked, keep_index, word, pos), meta
 
 
@@ -237,10 +317,13 @@ def embed_backward(dy, ids, masked, keep_index, word, pos, weight, bias, mean, r
     n_rows, d = keep_index.numel(), word.shape[1]
     grads = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (word, pos, weight, bias)]
     args, meta = _embed_args(ids, masked, keep_index, word, pos, class_id, mask_id)
-    programs = min(triton.cdiv(n_rows, meta["ROWS"]), _programs(word.device.index))
+    args = (dy.contiguous(), *args, weight, mean, rstd, *grads)
+    # rows_per_program is not specialised on, so any value compiles the binary that launches.
+    programs = persistent_programs(embed_backward_kernel, (*args, n_rows, 0, keep_index.shape[1], d), meta,
+                                   word.device)
+    programs = min(triton.cdiv(n_rows, meta["ROWS"]), programs)
     rows_per_program = triton.cdiv(triton.cdiv(n_rows, programs), meta["ROWS"]) * meta["ROWS"]
-    embed_backward_kernel[(programs,)](dy.contiguous(), *args, weight, mean, rstd, *grads, n_rows,
-                                       rows_per_program, keep_index.shape[1], d, **meta)
+    embed_backward_kernel[(programs,)](*args, n_rows, rows_per_program, keep_index.shape[1], d, **meta)
     return tuple(g.to(t.dtype) for g, t in zip(grads, (word, pos, weight, bias)))
 
 

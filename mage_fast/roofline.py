@@ -1,5 +1,6 @@
-"""Peak bf16 dense throughput and HBM bandwidth of the GPUs we report on (docs/kernels.md#peak-figures),
-to state achieved TFLOP/s and GB/s as a fraction of what the device can do."""
+"""Peak bf16 dense throughput, HBM bandwidth and exp2 rate of the GPUs we report on
+(docs/kernels.md#peak-figures), to state achieved TFLOP/s and GB/s as a fraction of what the device can do,
+and a kernel's time bound as the slowest of the three units it needs."""
 from dataclasses import dataclass
 from typing import Optional
 
@@ -9,15 +10,21 @@ class Roofline:
     name: str
     bf16_tflops: float     # dense tensor-core peak
     hbm_tbps: float        # memory bandwidth, TB/s
+    exp2_tops: float       # special-function unit: SMs x 16 ex2 a clock x boost clock, 10^12 a second
+
+    def bound_seconds(self, flop: float, nbytes: float, exp2: float) -> float:
+        """The least time for flop tensor-core FLOPs, nbytes of HBM traffic and exp2 evaluations
+        (each unit at its peak, all overlapped)."""
+        return max(flop / (self.bf16_tflops * 1e12), nbytes / (self.hbm_tbps * 1e12), exp2 / (self.exp2_tops * 1e12))
 
 
 # Checked in order: the first whose every word appears in the device name wins.
 _TABLE = [
-    (("H200",), Roofline("H200", 989.0, 4.8)),
-    (("H100", "PCIe"), Roofline("H100 PCIe", 756.0, 2.0)),
-    (("H100",), Roofline("H100 SXM", 989.0, 3.35)),
-    (("A100", "40GB"), Roofline("A100 SXM 40GB", 312.0, 1.555)),
-    (("A100",), Roofline("A100 SXM 80GB", 312.0, 2.04)),
+    (("H200",), Roofline("H200", 989.0, 4.8, 4.18)),
+    (("H100", "PCIe"), Roofline("H100 PCIe", 756.0, 2.0, 3.20)),
+    (("H100",), Roofline("H100 SXM", 989.0, 3.35, 4.18)),
+    (("A100", "40GB"), Roofline("A100 SXM 40GB", 312.0, 1.555, 2.44)),
+    (("A100",), Roofline("A100 SXM 80GB", 312.0, 2.04, 2.44)),
 ]
 
 

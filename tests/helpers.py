@@ -1,10 +1,10 @@
-"""Test utilities: error metrics, poisoned allocations, and compiling Triton kernels for real
-GPUs without one."""
+"""Test utilities: error metrics, poisoned allocations, and the compile report's machinery
+(Triton kernels compiled for real GPUs without one)."""
 import contextlib
+import importlib.util
 import json
 import os
-import subprocess
-import sys
+from pathlib import Path
 
 import torch
 
@@ -112,48 +112,10 @@ def poisoned_allocations():
         torch.empty, torch.empty_like = real_empty, real_empty_like
 
 
-# Shared memory one block may use (opt-in maximum): A100 163 KiB, H100/H200 227 KiB.
-MAX_SHARED_BYTES = {80: 163 * 1024, 90: 227 * 1024}
-
-_COMPILE = """
-import json, sys, importlib, triton
-from triton.compiler import ASTSource
-from triton.backends.compiler import GPUTarget
-spec = json.loads(sys.argv[1])
-obj = getattr(importlib.import_module(spec["module"]), spec["kernel"])
-# An autotuner: every config it would try on a GPU; a plain kernel: the given constexprs.
-tuned = hasattr(obj, "configs")
-fn = obj.fn if tuned else obj
-configs = ([(c.kwargs, dict(num_warps=c.num_warps, num_stages=c.num_stages)) for c in obj.configs]
-           if tuned else [({}, {})])
-out = []
-for kwargs, options in configs:
-    signature = {**spec["signature"], **dict.fromkeys(kwargs, "constexpr")}
-    constexprs = {**spec["constexprs"], **kwargs}
-    for arch in spec["archs"]:
-        k = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                           target=GPUTarget("cuda", arch, 32), options=options)
-        out.append({"arch": arch, "config": {**kwargs, **options}, "ptx": len(k.asm["ptx"]),
-                    "cubin": len(k.asm["cubin"]), "shared": k.metadata.shared})
-print(json.dumps(out))
-"""
-
-
-def compile_for_gpus(module: str, kernel: str, signature: dict, constexprs: dict, archs=(80, 90)) -> list:
-    """Compile module.kernel to PTX and cubin for each sm_<arch>, with no GPU needed, and check
-    that each fits the architecture's shared memory. `kernel` may name a @triton.jit kernel
-    (compiled with `constexprs`) or a triton.autotune wrapper: then every config it would try on
-    a GPU, each adding its block sizes to `constexprs`. Runs in a fresh process: under
-    TRITON_INTERPRET the kernels are not compilable objects, and the autotuners hold one config."""
-    env = env_without_interpreter()
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    spec = json.dumps({"module": module, "kernel": kernel, "signature": signature,
-                       "constexprs": constexprs, "archs": list(archs)})
-    proc = subprocess.run([sys.executable, "-c", _COMPILE, spec], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, f"compiling {module}.{kernel} failed:\n{proc.stderr[-4000:]}"
-    compiled = json.loads(proc.stdout.strip().splitlines()[-1])
-    for c in compiled:
-        assert c["ptx"] > 0 and c["cubin"] > 0, c
-        assert c["shared"] <= MAX_SHARED_BYTES[c["arch"]], \
-            f"{kernel} needs more shared memory than sm_{c['arch']} has: {c}"
-    return compiled
+def compile_report():
+    """benchmarks/compile_report.py as a module: compiles every kernel as MAGE launches it."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compile_report.py"
+    spec = importlib.util.spec_from_file_location("compile_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_error_bounded, compile_for_gpus, poisoned_allocations, rel_err, without_host_sync
+from helpers import assert_error_bounded, poisoned_allocations, rel_err, without_host_sync
 from mage_fast.backends import backend_report, interpreting
 from mage_fast.configs import FAKE_CLASS_ID, MASK_ID
 from mage_fast.cuda_graphs import capture
@@ -360,31 +360,6 @@ def test_no_host_sync_and_graph_capture_on_gpu():
     torch.cuda.synchronize()
     for a, b in zip(captured, expected):
         assert rel_err(a, b) < 1e-6
-
-
-# ---------------------------------------------------------------- PTX for real GPUs
-_COMMON = {"CLASS_ID": 1100, "MASK_ID": 2024, "SEQ": 257}
-_KERNELS = {
-    "mask_sets_kernel": ("*fp32 *i64 *i64 *i1 i32 i32", {"TOKENS": 256, "BLOCK_J": 32}),
-    "embed_forward_kernel": ("*i64 *i1 *i64 *bf16 *bf16 *bf16 *bf16 *bf16 *fp32 *fp32 i32 i32 i32 fp32",
-                             {**_COMMON, "ROWS": 4, "BLOCK_D": 1024}),
-    "embed_backward_kernel": ("*bf16 *i64 *i1 *i64 *bf16 *bf16 *bf16 *fp32 *fp32 *fp32 *fp32 *fp32 *fp32 "
-                              "i32 i32 i32 i32",
-                              {**_COMMON, "ROWS": 4, "BLOCK_D": 1024}),
-    "restore_forward_kernel": ("*bf16 *i32 *i1 *fp32 *fp32 i32 i32", {"SEQ": 257, "BLOCK_P": 8, "BLOCK_D": 256}),
-    "restore_backward_kernel": ("*fp32 *i32 *i1 *bf16 *fp32 i32 i32 i32",
-                                {"SEQ": 257, "BATCH": 8, "BLOCK_P": 8, "BLOCK_D": 64}),
-}
-
-
-@pytest.mark.parametrize("kernel", sorted(_KERNELS))
-def test_compiles_for_sm80_and_sm90(kernel):
-    from mage_fast.kernels import token_drop
-    types, consts = _KERNELS[kernel]
-    names = getattr(token_drop, kernel).arg_names
-    signature = dict(zip(names, types.split() + ["constexpr"] * len(consts)))
-    assert list(signature) == names
-    compile_for_gpus("mage_fast.kernels.token_drop", kernel, signature, consts)
 
 
 def test_benchmark_smoke_run():

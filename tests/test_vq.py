@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import compile_for_gpus, poisoned_allocations, without_host_sync
+from helpers import poisoned_allocations, without_host_sync
 from mage_fast.backends import backend_report, interpreting
 from mage_fast.cuda_graphs import capture
 from mage_fast.ops.vq import backend, vq_nearest, vq_nearest_ref
@@ -199,18 +199,6 @@ def test_no_host_sync_and_graph_capture_on_gpu():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(ids, expected)
-
-
-@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
-def test_every_autotune_config_compiles_for_sm80_and_sm90(precision):
-    """Each config the autotuner tries on a GPU compiles and fits an A100's and an H100's
-    shared memory."""
-    sig = {"z_ptr": "*fp32", "codebook_ptr": "*bf16", "ids_ptr": "*i64", "vectors_ptr": "*bf16",
-           **{name: "i32" for name in ("N", "K", "C", "S", "stride_zb", "stride_zs", "stride_zc", "stride_ek",
-                                       "stride_ec", "stride_qb", "stride_qs", "stride_qc")},
-           "WRITE_VECTORS": "constexpr", "PRECISION": "constexpr"}
-    compile_for_gpus("mage_fast.kernels.vq", f"vq_nearest_{precision}", sig,
-                     {"WRITE_VECTORS": True, "PRECISION": precision})
 
 
 def test_benchmark_smoke_run():

@@ -61,3 +61,22 @@ def finetune_flops_per_image(cfg: MAGEConfig, num_classes: int) -> float:
     the frozen tokenizer's forward."""
     encoder = blocks_flops(cfg.depth, cfg.embed_dim, SEQ_LEN, cfg.mlp_ratio) + 2 * cfg.embed_dim * num_classes
     return 3 * encoder + tokenizer_flops(cfg)
+
+
+def attention_work(b: int, h: int, n: int, d: int, backward: bool, block: int = 64, tail: int = 16,
+                   itemsize: int = 2) -> dict:
+    """What the fused attention (kernels/attention.py) executes for [B, H, N, d], forward or
+    forward + backward: `flop` 4 B H N^2 d (x3.5 with the backward), the useful work;
+    `executed_flop` with the head dim padded to a power of two, N to its full blocks plus TAIL
+    tiles (257 -> 272) on both sides, and the backward's recomputation (2 matmuls forward, 7
+    backward: dk/dv and dq each recompute q k^T and dO v^T); `exp2` over the padded scores (once
+    forward, twice backward); `nbytes` the least HBM traffic (q, k, v read and o written forward;
+    q, k, v, o, dO read and dq, dk, dv written backward); `philox` calls (one per query and 16
+    keys in each of the three passes with dropout)."""
+    n_pad = n // block * block + -(-(n % block) // tail) * tail
+    d_pad = max(16, 1 << (d - 1).bit_length())
+    scores, padded = b * h * n * n, b * h * n_pad * n_pad
+    passes = 3 if backward else 1
+    return dict(flop=4 * scores * d * (3.5 if backward else 1),
+                executed_flop=2 * padded * d_pad * (9 if backward else 2), exp2=padded * passes,
+                nbytes=b * h * n * d * itemsize * (12 if backward else 4), philox=passes * padded // 16)

@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from ..backends import register_backend, triton_backend
+from ..reference.rng import philox4x32
 from ..validation import FLOAT_TYPES
 
 MAX_HEAD_DIM = 128
-MAX_DROPOUT = 1.0 - 2.0**-16  # above it, p rounds to 1 in 16 bits and 1/(1-p) is infinite
+DROP_BITS = 8  # the kernels' dropout draws: p is rounded to a multiple of 2^-8
+MAX_DROPOUT = 1.0 - 2.0**-DROP_BITS  # above it, p rounds to 1 and 1/(1-p) is infinite
 
 
 # ---------------------------------------------------------------- backend
@@ -60,7 +62,8 @@ def _check(x, batch, head_dim, key_lengths, dropout_p, scale, seed):
                              f"{key_lengths.dtype} on {key_lengths.device}")
         key_lengths = key_lengths.contiguous()
     if not isinstance(dropout_p, numbers.Real) or not 0.0 <= dropout_p <= MAX_DROPOUT:
-        raise ValueError(f"attention: dropout_p must be in [0, 1 - 2^-16] (the kernels' draws are 16-bit), "
+        raise ValueError(f"attention: dropout_p must be in [0, 1 - 2^-{DROP_BITS}] (the kernels' draws are "
+                         f"{DROP_BITS}-bit), "
                          f"got {dropout_p!r}")
     scale = head_dim ** -0.5 if scale is None else float(scale)
     if dropout_p == 0:
@@ -179,7 +182,7 @@ def attention(q, k, v, *, key_lengths=None, dropout_p=0.0, scale=None, seed=None
     key_lengths: [B] integers; keys at index >= key_lengths[b] are masked for every query of
     sample b (values above N mean N; a sample with no key, 0 or less, gets zero output and zero
     gradients). dropout_p: attention dropout on the probabilities, scaled by 1/(1-p), in
-    [0, 1 - 2^-16] (the kernels round p to a multiple of 2^-16). seed: int or one-element int64
+    [0, 1 - 2^-8] (the kernels round p to a multiple of 2^-8). seed: int or one-element int64
     tensor on q's device (read by the kernel, so a CUDA-graph replay can take a new one); None
     draws one from torch's CPU generator (a graph break under torch.compile: compiled code and
     CUDA graphs pass a tensor).
@@ -239,3 +242,26 @@ def attention_ref(q, k, v, key_lengths=None, scale=None, *, dropout_mask=None, d
     if dropout_mask is not None:
         probs = probs * dropout_mask / (1.0 - dropout_p)
     return (probs.to(ct) @ v.to(ct)).to(q.dtype)
+
+
+def _interleave(a, b):
+    """Two [..., G] tensors as one [..., 2G]: a in the even columns, b in the odd ones."""
+    return torch.stack([a, b], dim=-1).flatten(-2)
+
+
+def dropout_mask_ref(seed: int, batch: int, num_heads: int, n: int, dropout_p: float) -> torch.Tensor:
+    """[B, H, N, N] bool: the kernels' keep mask drawn in PyTorch. Query i of slab s = b * H + h
+    and key group g (16 keys) take Philox4x32-10 of counter (i * ceil(N / 16) + g, s, 0, 0) under
+    key (seed's low and high 32 bits); its four words give the 16 keys 8-bit draws (bytes of the
+    interleaved words, in the kernels' order), and a key is kept where its draw is at least
+    round(dropout_p * 256): the drop probability is dropout_p rounded to a multiple of 1/256."""
+    groups = -(-n // 16)
+    slab = torch.arange(batch * num_heads, dtype=torch.int64).view(-1, 1, 1)
+    counter = torch.arange(n, dtype=torch.int64).view(1, -1, 1) * groups + torch.arange(groups).view(1, 1, -1)
+    key = (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF)
+    r0, r1, r2, r3 = philox4x32((counter, slab, 0, 0), key)
+    words = _interleave(_interleave(r0, r1), _interleave(r2, r3))
+    draws = _interleave(_interleave(words & 0xFF, (words >> 8) & 0xFF), _interleave((words >> 16) & 0xFF, words >> 24))
+    keep = draws[..., :n] >= round(dropout_p * 2**DROP_BITS)
+    return keep.view(batch, num_heads, n, n)
+
