@@ -61,8 +61,8 @@ def roofline_peak(record: dict, key: str) -> Optional[float]:
 
 def attainable_tflops(record: dict, flop: float, nbytes: float) -> Optional[float]:
     """The roofline at a kernel's arithmetic intensity: min(bf16 peak, FLOP/byte x HBM TB/s),
-    None where unknown. Attention at MAGE's N is bandwidth-bound (docs/kernels.md#attention-roofline), so its
-    compute peak alone would understate how close a kernel comes."""
+    None where unknown. The model rows use it; attention's own bound, recounted with its padding
+    and recomputation, is in docs/kernels.md#attention-roofline."""
     peak, bandwidth = roofline_peak(record, "bf16_tflops"), roofline_peak(record, "hbm_tbps")
     return min(peak, flop / nbytes * bandwidth) if peak else None
 
