@@ -225,7 +225,8 @@ def _config(tuner_config, kwargs):
 
 def compile_launches(names, archs=ARCHS, config=None) -> list:
     """Rows for every binary the named launches compile (run in a process without TRITON_INTERPRET).
-    config: {block sizes..., num_warps, num_stages} compiled instead of each autotuner's own configs."""
+    config: {block sizes..., num_warps, num_stages, optionally maxnreg} compiled instead of each
+    autotuner's own configs."""
     import triton
     from triton.runtime.driver import driver
     rows = {}
@@ -236,8 +237,9 @@ def compile_launches(names, archs=ARCHS, config=None) -> list:
             tuner = obj if hasattr(obj, "configs") else None
             fn = tuner.fn if tuner else obj
             if tuner and config:
-                blocks = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
-                tuner.configs = [triton.Config(blocks, num_warps=config["num_warps"], num_stages=config["num_stages"])]
+                blocks = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages", "maxnreg")}
+                tuner.configs = [triton.Config(blocks, num_warps=config["num_warps"], num_stages=config["num_stages"],
+                                               maxnreg=config.get("maxnreg"))]
                 tuner.early_config_prune = None  # compile it for every architecture
             for arch in archs:
                 driver.set_active(_TargetOnly(arch))  # this process never needs a real one
