@@ -27,6 +27,7 @@ from mage_fast.recognition.classifier import UNUSED_BY_CLASSIFIER, FastMAGEClass
 from mage_fast.reference import mage_vit_tiny_test
 from mage_fast.runs import freeze_unused
 from mage_fast.runs.progress import Progress
+from test_training import assert_same_state
 
 TINY = ["--model", "mage_vit_tiny_test", "--device", "cpu", "--workers", "0", "--log-every", "1"]
 NO_TIMM = ["--mixup", "0", "--cutmix", "0", "--aa", "none"]
@@ -411,14 +412,8 @@ def test_resume_continues_exactly(data, run):
     step; the same losses and validation."""
     resumed_out = data[0] / "resumed"
     finetune(data, resumed_out, *RUN, "--resume", str(data[0] / "mid.pth"))
-    full, resumed = load(run / "checkpoint-last.pth"), load(resumed_out / "checkpoint-last.pth")
     assert load(data[0] / "mid.pth")["train_state"]["step"] == MID
-    for k in full["model"]:
-        assert torch.equal(full["model"][k], resumed["model"][k]), k
-    for i, state in full["optimizer"]["state"].items():
-        for k in ("exp_avg", "exp_avg_sq", "step"):
-            assert torch.equal(state[k], resumed["optimizer"]["state"][i][k]), (i, k)
-    assert full["train_state"] == resumed["train_state"]
+    assert_same_state(load(run / "checkpoint-last.pth"), load(resumed_out / "checkpoint-last.pth"))
 
     def after_mid(out):
         return [{k: v for k, v in r.items() if k != "images_per_s"} for r in log_lines(out) if r["step"] > MID]
@@ -448,13 +443,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(data, run, tmp_path, mo
     assert signal.getsignal(signal.SIGTERM) is handler     # the run's handler is gone
     assert load(tmp_path / "checkpoint-last.pth")["train_state"]["step"] == 1
     finetune(data, tmp_path, *RUN, "--max-steps", str(MID))
-    full, resumed = load(data[0] / "mid.pth"), load(tmp_path / "checkpoint-last.pth")
-    for k in full["model"]:
-        assert torch.equal(full["model"][k], resumed["model"][k]), k
-    for i, state in full["optimizer"]["state"].items():
-        for k in ("exp_avg", "exp_avg_sq", "step"):
-            assert torch.equal(state[k], resumed["optimizer"]["state"][i][k]), (i, k)
-    assert full["train_state"] == resumed["train_state"]
+    assert_same_state(load(data[0] / "mid.pth"), load(tmp_path / "checkpoint-last.pth"))
 
 
 def test_evaluate_a_fine_tuned_checkpoint_and_resume_it(data, run, tmp_path, monkeypatch):
