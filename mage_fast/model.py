@@ -14,7 +14,7 @@ paths inside.
 Where a kernel cannot run (no GPU, no Triton, no extension) each op falls back to PyTorch and
 says so in mage_fast.backend_report().
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,13 @@ class MAGE(reference.MAGE):
         torch.compile and CUDA graphs take every ratio without recompiling. A class-conditional
         model takes labels [B] (label dropout already applied); its frozen encoder runs under
         no_grad."""
+        return self.forward_encoded(images, mask_ratio, noise, tokens=tokens, labels=labels)[0]
+
+    def forward_encoded(self, images: Optional[torch.Tensor] = None, mask_ratio=None, noise=None, *,
+                        tokens: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(loss, encoded): forward's loss and the encoder's output [B, KEPT, D], as the
+        reference's forward_encoded."""
         gt = self._training_ids(images, tokens)
         batch, device = gt.shape[0], gt.device
         labels = self._check_labels(labels, batch, device)
@@ -94,8 +101,9 @@ class MAGE(reference.MAGE):
             check_noise(noise, batch, values=values_checkable(noise))
             noise = noise.to(device)
         keep, masked = mask_sets(noise, num_dropped, num_masked)
-        x = self._decode_kept(self._encode_kept(gt, keep, masked), keep, masked, labels)
-        return self._masked_loss(x, gt, masked, num_masked)
+        encoded = self._encode_kept(gt, keep, masked)
+        x = self._decode_kept(encoded, keep, masked, labels)
+        return self._masked_loss(x, gt, masked, num_masked), encoded
 
     def _encode_kept(self, gt, keep, masked):
         """The encoder over the kept slots (keep: mask_sets' [B, KEPT] slot index, masked its

@@ -5,6 +5,13 @@ with a linear warm-up then a half-cycle cosine per iteration, gradient clipping,
 precision, RandomResizedCrop(256, 0.2-1) + flip (from a cache: each epoch, one of the K crops
 it holds per image). The tokenizer stays frozen.
 
+--contrastive trains MAGE-C: each image gives two augmented views (--contrastive-views), both
+go through the masked MAGE forward, and an NT-Xent loss on the encoder's pooled, projected
+output pulls the two views of an image together against the rest of the global batch
+(gathered across processes under torchrun). The projection head is saved apart from the MAGE
+weights, so the checkpoint's `model` loads wherever a MAGE checkpoint does; --ckpt can start a
+MAGE-C run from any MAGE checkpoint. --batch-size counts images: a step runs 2 x batch views.
+
 --class-conditional trains a class-conditional MAGE: a label token joins the decoder's input,
 labels from the class subfolders (or the cache's index). Start it from an unconditional
 checkpoint (--ckpt): the encoder stays frozen (--train-encoder to train it too) and the decoder
@@ -68,6 +75,18 @@ def register(sub):
     setting("num_classes", "classes of the label embedding (default: the data's number of classes)")
     setting("label_drop", "probability that a label becomes 'no class', for guidance (default: %(default)s)")
     setting("train_encoder", "also train the encoder (default: frozen, only the decoder and the labels train)")
+    setting("contrastive", "train MAGE-C: two views per image, MAGE's loss on both plus a contrastive loss on "
+                           "the encoder's pooled output (docs/mage.md#mage-c)")
+    setting("contrastive_weight", "lambda: loss = MLM + lambda x contrastive (default: %(default)s)")
+    setting("contrastive_temperature", "the NT-Xent temperature (default: %(default)s)")
+    setting("contrastive_pool", "avg: the mean of the encoder's kept image tokens; cls: its class token "
+                                "(default: %(default)s)")
+    setting("contrastive_layers", "linear layers of the projection head (default: %(default)s)")
+    setting("contrastive_hidden", "their width (default: %(default)s)")
+    setting("contrastive_dim", "the projected embedding's width (default: %(default)s)")
+    setting("contrastive_views", "the two views' augmentation: simclr (crop, flip, colour jitter, grayscale, "
+                                 "blur) or mage (MAGE's crop and flip); a token cache must hold views made alike "
+                                 "(default: %(default)s)")
     p.set_defaults(func=run)
 
 

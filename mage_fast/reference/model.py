@@ -9,7 +9,7 @@ parameters included), so official checkpoints load with strict=True. A class-con
 import contextlib
 import dataclasses
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -367,6 +367,14 @@ class MAGE(nn.Module):
         mask_ratio and noise ([B, 256] in [0, 1)) this is the official forward exactly;
         otherwise both are drawn as the official code draws them. A class-conditional model
         takes labels [B] in [0, num_classes], label dropout already applied (drop_labels)."""
+        return self.forward_encoded(images, mask_ratio, noise, tokens=tokens, labels=labels)[0]
+
+    def forward_encoded(self, images: Optional[torch.Tensor] = None, mask_ratio: Optional[float] = None,
+                        noise: Optional[torch.Tensor] = None, *, tokens: Optional[torch.Tensor] = None,
+                        labels: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(loss, encoded): forward's loss, and the encoder's output it decodes, [B, KEPT, D]
+        after the final norm (row 0 the class token, then the kept tokens in position order),
+        which MAGE-C pools (contrastive.pool)."""
         gt = self._training_ids(images, tokens)
         labels = self._check_labels(labels, gt.shape[0], gt.device)
         if mask_ratio is None:
@@ -387,7 +395,7 @@ class MAGE(nn.Module):
         codebook = self.config.vqgan.codebook_size
         loss = label_smoothed_nll(logits[:, 1:, :codebook].reshape(-1, codebook), gt.reshape(-1))
         weight = masked[:, 1:].reshape(-1).float()
-        return (loss * weight).sum() / weight.sum()
+        return (loss * weight).sum() / weight.sum(), x
 
     # ---------------------------------------------------------------- generation
     def check_generation(self, seeds, labels, guidance_scale: float, guidance_schedule: str):

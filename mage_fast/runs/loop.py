@@ -9,7 +9,7 @@ batch_size, accum_iter, seed, epochs, warmup_epochs, max_steps, blr, lr, min_lr,
 precision, save_every, log_every."""
 import dataclasses
 import os
-from typing import Callable, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 import torch
 
@@ -60,12 +60,14 @@ class Run:
 
     def loop(self, start: int, model: torch.nn.Module, optimization: Optimization, batches: Iterator,
              loss_of: Callable[[torch.nn.Module, object, int], torch.Tensor], save: Callable[[int, bool], None],
-             epoch_end: Optional[Callable[[int, Progress], None]] = None, compile: bool = False) -> int:
+             epoch_end: Optional[Callable[[int, Progress], None]] = None, compile: bool = False,
+             parts: Optional[Callable[[], Dict[str, torch.Tensor]]] = None) -> int:
         """Steps from `start` to the stop; returns the step it stopped at. Each step takes
         accum_iter micro-batches from `batches`, each's loss loss_of(net, batch, micro) (net:
         the model as it runs the forward, DDP-wrapped or compiled; micro: the global index of
         the micro-batch, which keys its random draws). After a step: progress every log_every
-        steps; at an epoch's end epoch_end(step, progress) on every rank; on rank 0
+        steps (with the mean of each of parts(), the named parts of the last forward's loss,
+        where given); at an epoch's end epoch_end(step, progress) on every rank; on rank 0
         save(step, epoch_end) every save_every steps, at epoch ends and at the stop. On SIGINT
         or SIGTERM the run saves at the next step's end and raises KeyboardInterrupt."""
         c, ctx, spe = self.config, self.ctx, self.steps_per_epoch
@@ -79,15 +81,17 @@ class Run:
             net = torch.compile(net)
         progress = Progress(ctx, c.out, start, self.stop, self.order.images_per_step, spe)
         step = start
+
+        def micro_loss(batch, m):  # of micro-batch m of the current step
+            loss = loss_of(net, batch, step * c.accum_iter + m)
+            progress.add_loss(loss, parts() if parts else None)
+            return loss
         try:
             with StopSignals() as signals:
                 while step < self.stop:
                     lr = self.lr_at(step)
                     set_lr(optimization.optimizer, lr)
-                    for loss in steps.train_step(batches, c.accum_iter,
-                                                 lambda batch, m: loss_of(net, batch, step * c.accum_iter + m),
-                                                 optimization, ddp):
-                        progress.add_loss(loss)
+                    steps.train_step(batches, c.accum_iter, micro_loss, optimization, ddp)
                     step += 1
                     progress.step_done()
                     end = step % spe == 0

@@ -6,6 +6,7 @@ from typing import Optional
 from ..model_settings import ModelSettings
 from ..settings import check_settings, setting
 from ..validation import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, PRECISIONS, Numbers, default_precision
+from .contrastive import POOLS, VIEW_PRESETS, ContrastiveSettings
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -45,6 +46,18 @@ class TrainConfig(ModelSettings):
     num_classes: Optional[int] = setting(None, Numbers(int, 2))
     label_drop: float = setting(0.1, Numbers(float, 0, 1, high_open=True))
     train_encoder: bool = False
+    # MAGE-C (docs/mage.md#mage-c): two views of each image, MLM + contrastive_weight x NT-Xent of
+    # the projected, pooled encoder output. Defaults from the closest published recipes: the
+    # weight CAN's contrastive-to-reconstruction ratio, the temperature SimCLR's and CAN's, the
+    # head MoCo v3's widths with SimCLR's / CAN's layout, the views SimCLR's.
+    contrastive: bool = False
+    contrastive_weight: float = setting(0.045, NON_NEGATIVE)
+    contrastive_temperature: float = setting(0.1, POSITIVE)
+    contrastive_pool: str = setting("avg", choices=POOLS)
+    contrastive_layers: int = setting(3, COUNT)
+    contrastive_hidden: int = setting(4096, COUNT)
+    contrastive_dim: int = setting(256, COUNT)
+    contrastive_views: str = setting("simclr", choices=VIEW_PRESETS)
 
     def __post_init__(self):
         check_settings(self)
@@ -58,6 +71,12 @@ class TrainConfig(ModelSettings):
                      if getattr(self, name) != default]
             if given:
                 raise ValueError(f"{', '.join(given)} need class_conditional")
+        given = [f.name for f in dataclasses.fields(self)
+                 if f.name.startswith("contrastive_") and getattr(self, f.name) != f.default]
+        if given and not self.contrastive:
+            raise ValueError(f"{', '.join(given)} need contrastive")
+        if self.contrastive and self.class_conditional:
+            raise ValueError("contrastive (MAGE-C) and class_conditional training cannot be combined")
 
     @property
     def class_settings(self) -> Optional[dict]:
@@ -66,6 +85,14 @@ class TrainConfig(ModelSettings):
         if not self.class_conditional:
             return None
         return {"label_drop": self.label_drop, "train_encoder": self.train_encoder}
+
+    @property
+    def contrastive_settings(self) -> Optional[ContrastiveSettings]:
+        """A MAGE-C run's settings (None: a MAGE run), which a resume must keep."""
+        if not self.contrastive:
+            return None
+        return ContrastiveSettings(**{f.name: getattr(self, "contrastive_" + f.name)
+                                      for f in dataclasses.fields(ContrastiveSettings)})
 
     def for_device(self, device_type: str) -> "TrainConfig":
         """This config with the device's defaults where `precision` and `workers` are None: bf16

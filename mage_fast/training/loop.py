@@ -15,6 +15,7 @@ from ..runs.state import epoch_path
 from ..settings import as_namespace
 from .batches import mask_ratio
 from .config import TrainConfig
+from .contrastive import HEAD_KEY, ContrastiveMAGE
 from .optim import UNUSED_BY_MAGE, pretraining_optimizer
 from .source import data_source
 
@@ -42,6 +43,10 @@ def _initial_model(config, ctx, resuming: bool, num_classes: int):
     return model.to(ctx.device).train()
 
 
+def numel(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
 def _weights(config, resume) -> str:
     """Where the run's weights come from, for messages."""
     if resume:
@@ -58,9 +63,13 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
     trains alone on config.device."""
     ctx = ctx or distributed.init(config.device)
     config = config.for_device(ctx.device.type)
+    contrastive = config.contrastive_settings
+    if contrastive and config.batch_size * ctx.world_size < 2:
+        raise ValueError("a contrastive run needs at least two images per global micro-batch (its negatives): "
+                         f"batch_size {config.batch_size} x {ctx.world_size} process(es)")
     source = data_source(config.data, config.tokens, config.seed,
                          (config.num_classes, config.label_drop) if config.class_conditional else None,
-                         config.skip_unreadable)
+                         config.skip_unreadable, views=contrastive.views if contrastive else None)
     num_classes = config.num_classes or len(source.classes)
     # what a resume must match: the settings, and the classes the data gave
     classes = {**config.class_settings, "num_classes": num_classes} if config.class_conditional else None
@@ -69,15 +78,26 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
     freeze_unused(model, UNUSED_BY_MAGE)
     if config.class_conditional and not config.train_encoder:
         model.freeze_encoder()  # out of the optimizer (param_groups lists what trains), run under no_grad
-    optimization = run.optimization(pretraining_optimizer(model, run.peak_lr, config.weight_decay))
+    trained, modules = model, {}
+    if contrastive:  # the head trains beside MAGE, in the module DDP wraps, and is saved apart
+        trained = ContrastiveMAGE(model, contrastive, config.seed).to(ctx.device).train()
+        modules = {HEAD_KEY: trained.head}
+        if run.resume is None and ctx.is_main:
+            log.info("MAGE-C: the projection head (%d parameters) starts fresh", numel(trained.head))
+    optimization = run.optimization(pretraining_optimizer(model, run.peak_lr, config.weight_decay,
+                                                          extra=trained.head if contrastive else None))
+    kind = {"class_conditional": classes, "contrastive": contrastive.as_dict() if contrastive else None}
     start = restore(run.resume, model, optimization.optimizer, optimization.scaler, run.order, source.settings,
-                    classes)["step"] if run.resume else 0
+                    kind, modules)["step"] if run.resume else 0
     source.check_tokenizer(model, _weights(config, run.resume))
     if ctx.is_main:
         if config.resume == "none" and os.path.exists(run.last):
             log.warning("--resume none: the run starts over and overwrites %s", run.last)
         conditioning = (f", class-conditional over {num_classes} classes (label drop {config.label_drop}, encoder "
                         f"{'trained' if config.train_encoder else 'frozen'})") if classes else ""
+        if contrastive:
+            conditioning = (f", MAGE-C: two {contrastive.views} views per image, MLM + {contrastive.weight} x "
+                            f"NT-Xent (temperature {contrastive.temperature})")
         print(f"{source.description}{conditioning}, "
               + run.describe(start, f"{config.impl} model {config.model} on {ctx.device}"))
     device, compiled_ratio = ctx.device, config.compile and config.impl == "fast"
@@ -95,12 +115,13 @@ def train(config: TrainConfig, ctx: Optional[distributed.Dist] = None):
 
     def save(step, epoch_end):
         save_checkpoint(run.last, model, optimization.optimizer, optimization.scaler, as_namespace(config),
-                        run.order, step, source.settings, class_conditional=classes)
+                        run.order, step, source.settings, kind=kind, modules=modules)
         epoch = step // run.steps_per_epoch - 1
         if epoch_end and ((config.keep_every and epoch % config.keep_every == 0) or epoch + 1 == config.epochs):
             keep_copy(run.last, epoch_path(config.out, epoch))
 
     batches = iter(source.loader(run.order_from(start), config.workers, device.type == "cuda"))
-    step = run.loop(start, model, optimization, batches, loss_of, save, compile=config.compile)
+    step = run.loop(start, trained, optimization, batches, loss_of, save, compile=config.compile,
+                    parts=(lambda: trained.parts) if contrastive else None)
     if ctx.is_main and step > start:
         print(f"stopped at step {step} of {run.total}; checkpoint: {run.last}")

@@ -1,5 +1,7 @@
 """Pretraining's optimizer (LTH14/mage main_pretrain.py, MAE-style): which parameters train and
 which decay, in the official groups. The schedule and the step are the run layer's (runs.optim)."""
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -20,26 +22,28 @@ OFFICIAL_ORDER = ("vqgan", "token_emb", "patch_embed", "blocks", "norm", "decode
 CLASS_PARAMETERS = ("class_emb", "class_pos_embed")
 
 
-def param_groups(model: nn.Module, weight_decay: float):
+def param_groups(model: nn.Module, weight_decay: float, extra: Optional[nn.Module] = None):
     """timm's add_weight_decay as the official code applies it: the parameters the official model
     trains (freeze_unused's too: AdamW skips them, having no gradient, as in the official run); no
     decay for those with ndim <= 1 or whose name ends with ".bias" (so mlm_layer.bias, [1, 1,
     2025], gets none). The no-decay group first, as timm orders them, each in the official
     model's order: an optimizer's state_dict names parameters by position, so these groups are
-    what lets the official misc.load_model load ours."""
+    what lets the official misc.load_model load ours. `extra` (MAGE-C's projection head): its
+    parameters after the model's in each group, by the same rule (its BatchNorms undecayed)."""
     def rank(item):
         name = item[0]
         if name.split(".")[0] in CLASS_PARAMETERS:
             return len(OFFICIAL_ORDER) + 1
         return OFFICIAL_ORDER.index(name.split(".")[0]) + 1 if "." in name else 0
     decay, no_decay = [], []
-    for name, p in sorted(model.named_parameters(), key=rank):  # a stable sort
+    named = sorted(model.named_parameters(), key=rank)  # a stable sort
+    for name, p in named + (list(extra.named_parameters()) if extra is not None else []):
         if p.requires_grad or name.startswith(UNUSED_BY_MAGE):
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def pretraining_optimizer(model: nn.Module, lr: float, weight_decay: float,
-                          capturable: bool = False) -> torch.optim.AdamW:
+def pretraining_optimizer(model: nn.Module, lr: float, weight_decay: float, capturable: bool = False,
+                          extra: Optional[nn.Module] = None) -> torch.optim.AdamW:
     """AdamW (0.9, 0.95) over param_groups."""
-    return adamw(param_groups(model, weight_decay), lr, BETAS, capturable)
+    return adamw(param_groups(model, weight_decay, extra), lr, BETAS, capturable)
