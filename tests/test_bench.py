@@ -74,8 +74,8 @@ def test_training_cases_rotate_their_inputs(monkeypatch):
     seen = []
     real_step = workloads._train_step
 
-    def recording_step(model, dtype, capturable=False, input="images"):
-        step = real_step(model, dtype, capturable, input)
+    def recording_step(model, dtype, capturable=False, input="images", trained=None):
+        step = real_step(model, dtype, capturable, input, trained)
         return lambda batch, mask_ratio=None: (seen.append((input, batch.dtype, batch.data_ptr(), mask_ratio)),
                                                step(batch, mask_ratio))[1]
     monkeypatch.setattr(workloads, "_train_step", recording_step)
@@ -90,7 +90,7 @@ def test_training_cases_rotate_their_inputs(monkeypatch):
 
 
 def test_training_rows_time_the_step_that_train_and_finetune_take(monkeypatch, tmp_path):
-    """The bench's training, class-conditional and fine-tuning rows call the run layer's
+    """The bench's training, class-conditional, MAGE-C and fine-tuning rows call the run layer's
     train_step, the function `train` and `finetune` call for every step (optimizer included),
     and each row names it."""
     from mage_fast.bench import workloads
@@ -106,10 +106,15 @@ def test_training_rows_time_the_step_that_train_and_finetune_take(monkeypatch, t
     cpu = torch.device("cpu")
     rows = workloads.train_workloads("mage_vit_tiny_test", 1, cpu, warmup=0, repeats=1)
     rows += workloads.class_conditional_workloads("mage_vit_tiny_test", 1, cpu, warmup=0, repeats=1)
+    rows += workloads.contrastive_workloads("mage_vit_tiny_test", 2, cpu, warmup=0, repeats=1)
     rows += workloads.finetune_workloads("mage_vit_tiny_test", 1, cpu, warmup=0, repeats=1, num_classes=10)
-    assert len(calls) == len(rows) == 6 and set(calls) == {"AdamW"}
+    assert len(calls) == len(rows) == 7 and set(calls) == {"AdamW"}
     assert all("runs.steps.train_step" in r.as_dict()["step"] for r in rows)
-    assert [r.as_dict()["step"].split("`")[1] for r in rows] == ["mage-fast train"] * 4 + ["mage-fast finetune"] * 2
+    assert [r.as_dict()["step"].split("`")[1] for r in rows] == \
+        ["mage-fast train"] * 4 + ["mage-fast train --contrastive"] + ["mage-fast finetune"] * 2
+    contrastive = rows[4]
+    assert (contrastive.workload, contrastive.baseline, contrastive.baseline_workload, contrastive.batch) == \
+        ("train MAGE-C", "fast fp32", "train from tokens", 2)
     calls.clear()
     image = tmp_path / "img"
     image.mkdir()
@@ -332,6 +337,7 @@ def test_bench_keeps_its_files_reports_progress_and_lists_warnings(tmp_path, mon
         return fake_results("train from images", [4, 4, 4], [2, 2, 2])
     monkeypatch.setattr(workloads, "train_workloads", train)
     monkeypatch.setattr(workloads, "class_conditional_workloads", lambda *a, **k: [])
+    monkeypatch.setattr(workloads, "contrastive_workloads", lambda *a, **k: [])
     monkeypatch.setattr(workloads, "tokenize_workload", lambda *a, **k: Result("tokenize", "fast", 2, [1.0], 1e9))
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.chdir(tmp_path)

@@ -8,11 +8,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from mage_fast.cli import main
 from mage_fast.model import mage_vit_tiny_test
 from mage_fast.runs import Optimization, freeze_unused
 from mage_fast.runs.steps import train_step
 from mage_fast.training import UNUSED_BY_MAGE, TrainConfig, pretraining_optimizer
 from mage_fast.training.contrastive import ContrastiveMAGE, ContrastiveSettings, nt_xent
+from test_training import TINY, assert_same_state, image_folder, load, logged, train
 
 SMALL_HEAD = dict(layers=2, hidden=32, dim=16, pool="avg", views="simclr")
 
@@ -167,3 +169,64 @@ def test_views_must_come_in_pairs():
     ids, noise = views(2)
     with pytest.raises(ValueError, match="two views"):
         wrapped(tokens=ids[:, 0], mask_ratio=0.6, noise=noise)
+
+
+# ---------------------------------------------------------------- the command
+HEAD_FLAGS = ["--contrastive", "--contrastive-layers", "2", "--contrastive-hidden", "32", "--contrastive-dim", "16"]
+
+
+def run_train(source, out, *extra):
+    train(source, out, *HEAD_FLAGS, "--batch-size", "2", "--epochs", "2", "--warmup-epochs", "0", "--lr", "1e-3",
+          "--keep-every", "0", *extra)
+
+
+def test_train_contrastive_from_images_resumes_exactly_and_its_checkpoint_loads_as_mage(tmp_path, capsys):
+    """`train --contrastive` from a folder: the loss and its parts logged; stopped at step 1 and
+    resumed, the run ends where an uninterrupted one does, head included, bit for bit; the
+    checkpoint's `model` is MAGE's keys exactly, so `features` and `sample` take it."""
+    data = image_folder(tmp_path / "img", 4)
+    run_train(data, tmp_path / "full")
+    assert "MAGE-C: two simclr views per image" in capsys.readouterr().out
+    run_train(data, tmp_path / "parts", "--max-steps", "1")
+    run_train(data, tmp_path / "parts")
+    full, parts = (load(tmp_path / d / "checkpoint-last.pth") for d in ("full", "parts"))
+    assert_same_state(full, parts)
+    for k, v in full["contrastive_head"].items():
+        assert torch.equal(v, parts["contrastive_head"][k]), k
+    assert full["train_state"]["contrastive"]["views"] == "simclr"
+    assert logged(tmp_path / "full", "loss") == logged(tmp_path / "parts", "loss")
+    mlm, contrastive = logged(tmp_path / "full", "loss_mlm"), logged(tmp_path / "full", "loss_contrastive")
+    assert all(c > 0 for c in contrastive)
+    assert logged(tmp_path / "full", "loss") == pytest.approx([m + 0.045 * c for m, c in zip(mlm, contrastive)])
+    assert full["model"].keys() == mage_vit_tiny_test().state_dict().keys()
+    ckpt = tmp_path / "full" / "checkpoint-last.pth"
+    main(["features", "--data", str(data), "--out", str(tmp_path / "f.npz"), "--ckpt", str(ckpt), *TINY[:4]])
+    main(["sample", "--ckpt", str(ckpt), "--out", str(tmp_path / "s"), "--num-images", "2", "--num-iter", "2",
+          *TINY[:4]])
+    assert len(list((tmp_path / "s").glob("*.png"))) == 2
+
+
+def test_train_contrastive_refuses_a_one_image_batch_and_another_setting_on_resume(tmp_path, capsys):
+    data = image_folder(tmp_path / "img", 2)
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", str(data), "--out", str(tmp_path / "o"), *TINY, *HEAD_FLAGS, "--batch-size", "1"])
+    assert e.value.code == 1 and "at least two images per global micro-batch" in capsys.readouterr().err
+    run_train(data, tmp_path / "run", "--max-steps", "1")
+    with pytest.raises(SystemExit) as e:
+        run_train(data, tmp_path / "run", "--contrastive-temperature", "0.5")
+    assert e.value.code == 1 and "contrastive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", str(data), "--out", str(tmp_path / "o"), *TINY, "--contrastive-weight", "-1"])
+    assert e.value.code == 2
+
+
+def test_train_contrastive_from_a_token_cache_of_two_views(tmp_path, capsys):
+    data = image_folder(tmp_path / "img", 3)
+    main(["tokenize", "--data", str(data), "--out", str(tmp_path / "cache"), "--views", "2", "--augment", "simclr",
+          *TINY[:4]])
+    run_train_tokens = ["train", "--tokens", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), *TINY,
+                        *HEAD_FLAGS, "--batch-size", "2", "--epochs", "1", "--warmup-epochs", "0"]
+    with torch.random.fork_rng():
+        main(run_train_tokens)
+    assert load(tmp_path / "run" / "checkpoint-last.pth")["train_state"]["step"] == 1
+    assert "MAGE-C" in capsys.readouterr().out

@@ -56,6 +56,15 @@ def class_conditional_train_flops(cfg: MAGEConfig) -> float:
     return 3 * flops_per_image(cfg, kept, SEQ_LEN + 1) - 2 * blocks_flops(cfg.depth, cfg.embed_dim, kept, cfg.mlp_ratio)
 
 
+def contrastive_train_flops(cfg: MAGEConfig, layers: int, hidden: int, dim: int) -> float:
+    """A MAGE-C step from token ids, per image: MAGE's step on each of its two views, plus fwd +
+    bwd (3x) of the projection head on both (its matmuls; the NT-Xent over the batch is left
+    out: a B x B term, small beside the model)."""
+    widths = [cfg.embed_dim] + [hidden] * (layers - 1) + [dim]
+    head = 2 * sum(a * b for a, b in zip(widths, widths[1:]))
+    return 2 * (train_flops_per_image(cfg, tokenizer=False) + 3 * head)
+
+
 def finetune_flops_per_image(cfg: MAGEConfig, num_classes: int) -> float:
     """fwd + bwd (3x the forward) of the encoder over all 257 tokens and the linear head, plus
     the frozen tokenizer's forward."""

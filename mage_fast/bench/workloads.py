@@ -1,6 +1,7 @@
 """The whole-model workloads `mage-fast bench` times side by side in one run: a training step
 from images (tokenizer, forward, backward, AdamW) and from cached token ids (no tokenizer), a
-class-conditional step over a frozen encoder, the tokenizer alone, a fine-tuning step and image
+class-conditional step over a frozen encoder, a MAGE-C step (two views, the contrastive
+head), the tokenizer alone, a fine-tuning step and image
 generation (T steps and the VQGAN decode), unguided and guided.
 
 The training and fine-tuning rows time the step `mage-fast train` and `finetune` take: the run
@@ -24,11 +25,13 @@ from ..model import build_model
 from ..recognition.classifier import UNUSED_BY_CLASSIFIER, build_classifier
 from ..runs import Optimization, autocast, freeze_unused, steps
 from ..training.config import TrainConfig
+from ..training.contrastive import ContrastiveMAGE
 from ..training.optim import UNUSED_BY_MAGE, pretraining_optimizer
 from ..validation import PRECISIONS, default_precision, precision_name
 from .baselines import official_generate
 from .flops import (
     class_conditional_train_flops,
+    contrastive_train_flops,
     finetune_flops_per_image,
     sample_flops_per_image,
     tokenizer_flops,
@@ -116,20 +119,24 @@ def _fresh(device):
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _train_step(model, dtype, capturable=False, input="images"):
+def _train_step(model, dtype, capturable=False, input="images", trained=None):
     """The step of `mage-fast train` (runs.steps.train_step) with the recipe's optimizer (AdamW
     0.9/0.95, wd 0.05 off 1-D and biases), clipping at 3.0 and, under fp16, a loss scaler. The
-    step takes its batch as the forward's `input`: images, or tokens (ids)."""
+    step takes its batch as the forward's `input`: images, or tokens (ids). `trained`: the
+    module whose forward the step runs where it is not `model` (MAGE-C's ContrastiveMAGE, whose
+    head trains too)."""
     freeze_unused(model, UNUSED_BY_MAGE)
     precision = precision_name(dtype)
-    optimizer = pretraining_optimizer(model, PRETRAINING["blr"], PRETRAINING["weight_decay"], capturable)
+    optimizer = pretraining_optimizer(model, PRETRAINING["blr"], PRETRAINING["weight_decay"], capturable,
+                                      extra=trained.head if trained is not None else None)
     optimization = Optimization.of(optimizer, precision, PRETRAINING["clip_grad"])
     device = model.mlm_layer.bias.device
+    forward = trained if trained is not None else model
 
     def step(batch, mask_ratio=None, **labels):
         def loss_of(batch, m):
             with autocast(device, precision):
-                return model(**{input: batch}, mask_ratio=mask_ratio, **labels)
+                return forward(**{input: batch}, mask_ratio=mask_ratio, **labels)
         return steps.train_step(iter([batch]), 1, loss_of, optimization)[0]
     return step
 
@@ -228,6 +235,37 @@ def _class_conditional_case(label, model_name, dtype, graph, inputs, device, war
             return step(ids, model.sample_mask_ratio(ratios), labels=labels)
     return _measure(CLASS_CONDITIONAL, label, len(inputs[0][0]), fn, class_conditional_train_flops(CONFIGS[model_name]),
                     device, warmup, repeats, label, FROM_TOKENS, TRAIN_STEP.format("train", "clipping, "))
+
+
+CONTRASTIVE = "train MAGE-C"
+
+
+def contrastive_workloads(model_name: str, batch: int, device: torch.device, warmup: int, repeats: int,
+                          dtype: torch.dtype = None) -> List[Result]:
+    """The MAGE-C step as `train --tokens --contrastive` runs it with its default settings: two
+    views of int16 ids per image through the fast module, the projection head and NT-Xent,
+    under `dtype` autocast. Its speed-up is over MAGE's step from ids at the same batch of
+    images (train_workloads' row), which sees one view of each: the ratio shows what the second
+    view and the head cost."""
+    dtype = dtype or PRECISIONS[default_precision(device.type)]
+    settings = TrainConfig(tokens="-", out="-", contrastive=True).contrastive_settings
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randint(0, CONFIGS[model_name].vqgan.codebook_size, (batch, 2, 256), generator=g)
+              .to(torch.int16).to(device) for _ in range(ROTATE)]
+    label = f"fast {precision_name(dtype)}"
+    flops = contrastive_train_flops(CONFIGS[model_name], settings.layers, settings.hidden, settings.dim)
+
+    def case(b):
+        mage = build_model(model_name, "fast").to(device).train()
+        model = ContrastiveMAGE(mage, settings).to(device).train()
+        step = _train_step(mage, dtype, input="tokens", trained=model)
+        batches, ratios = itertools.cycle([x[:b] for x in inputs]), torch.Generator().manual_seed(0)
+        fn = lambda: step(next(batches), mage.sample_mask_ratio(ratios))  # noqa: E731
+        return _measure(CONTRASTIVE, label, b, fn, flops, device, warmup, repeats, label, FROM_TOKENS,
+                        TRAIN_STEP.format("train --contrastive", "clipping, "))
+    results = [_largest_batch_that_fits(label, batch, device, case)]
+    _release()
+    return results
 
 
 def tokenize_workload(model_name: str, batch: int, device: torch.device, warmup: int, repeats: int,

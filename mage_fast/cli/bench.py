@@ -93,6 +93,7 @@ def run(args):
         COLUMNS,
         as_rows,
         class_conditional_workloads,
+        contrastive_workloads,
         finetune_workloads,
         guided_sample_workloads,
         sample_workloads,
@@ -120,6 +121,7 @@ def run(args):
             results += timed("training steps", train_workloads, model, batch, *common, dtype)
             results += timed("class-conditional training step", class_conditional_workloads, model, batch, *common,
                              dtype)
+            results += timed("MAGE-C training step", contrastive_workloads, model, batch, *common, dtype)
             results += timed("tokenizer", tokenize_workload, model, batch, *common, dtype)
         if args.what in ("finetune", "all"):
             results += timed("fine-tuning steps", finetune_workloads, model, batch, *common, dtype)

@@ -44,11 +44,14 @@ class DataSource:
 
 
 def data_source(data: Optional[str], tokens: Optional[str], seed: int,
-                label_drop: Optional[Tuple[Optional[int], float]] = None, skip_unreadable: bool = False) -> DataSource:
+                label_drop: Optional[Tuple[Optional[int], float]] = None, skip_unreadable: bool = False,
+                views: Optional[str] = None) -> DataSource:
     """An image folder (`data`) or a token cache (`tokens`): one of them (TrainConfig checks).
     label_drop (num_classes, probability): a class-conditional run, whose batches carry labels,
     from the class subfolders (a cache: its index's), dropped with that probability; num_classes
     None: the data's number of classes. It needs at least two classes."""
+    if views is not None:
+        raise NotImplementedError("two-view batches")  # placeholder until the views land
     if tokens is not None:
         cache = TokenCache(tokens)
         classes, all_labels, where = cache.index["classes"], cache.index["labels"], f"the token cache {tokens}"
