@@ -1,7 +1,7 @@
 """A contrastive run's views (training/views.py, batches, source): each colour operation against
 its float64 formula written here, the draws in torchvision's order, views and noise as functions
 of their keys (so a resume and a split among processes see the same batches), the pair of a
-token cache's views, and what is refused.
+token cache's views, `tokenize --augment simclr`, and what is refused.
 
 The exact equalities compare two runs of the same functions on the same inputs in one process:
 they hold on any CPU as long as a computation repeats itself; they are marked `machine` since
@@ -15,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
+from mage_fast.cli import main
 from mage_fast.data import ImageFolder, TrainTransform, files_sha1
 from mage_fast.runs import TrainOrder
 from mage_fast.runs.seeds import NOISE, generator
-from mage_fast.training.batches import ContrastiveSamples, noise_of, view_pairs_of_epoch
+from mage_fast.training.batches import ContrastiveSamples, noise_of, view_generator, view_pairs_of_epoch
 from mage_fast.training.source import data_source
 from mage_fast.training.token_cache import FORMAT, VERSION, TokenCache
 from mage_fast.training.views import (
@@ -33,7 +34,7 @@ from mage_fast.training.views import (
     gaussian_kernel,
     grayscale,
 )
-from test_tokens import one_thread  # noqa: F401 (a fixture: one thread, as DataLoader workers)
+from test_tokens import one_thread, tokenizer, vqgan_ckpt  # noqa: F401 (fixtures: one thread, as DataLoader workers)
 from test_training import image_folder
 
 
@@ -240,6 +241,24 @@ def test_cache_batches_hold_two_views_of_each_image_and_their_noise(tmp_path):
     assert data_source(None, str(path), seed=5).settings == cache.settings   # a MAGE run's, unchanged
 
 
+# ---------------------------------------------------------------- tokenize --augment simclr
+@pytest.mark.machine
+def test_tokenize_augment_simclr_writes_a_cache_a_contrastive_run_reads(vqgan_ckpt, tmp_path):  # noqa: F811
+    folder, out = image_folder(tmp_path / "img", 2), tmp_path / "cache"
+    main(["tokenize", "--data", str(folder), "--out", str(out), "--views", "2", "--augment", "simclr",
+          "--vqgan-ckpt", vqgan_ckpt, "--model", "mage_vit_tiny_test", "--device", "cpu"])
+    cache = TokenCache(str(out))
+    assert cache.augment == "simclr" and cache.index["transform"] == ViewTransform("simclr").settings
+    assert cache.index["transform"]["colour"]["jitter"] == [0.8, 0.8, 0.8, 0.2]
+    model, pictures = tokenizer(vqgan_ckpt), ImageFolder(str(folder))
+    for v in range(2):
+        view = ViewTransform("simclr")(pictures.load(1), generator=view_generator(0, 1, v))
+        assert torch.equal(torch.from_numpy(cache.tokens[1, v].astype(np.int64)), model.tokenize(view[None])[0])
+    (ids, noise), = loaded(data_source(None, str(out), seed=0, views="simclr"),
+                           TrainOrder(2, batch=2, accum=1, seed=0, stop=1))
+    assert ids.shape == (2, 2, 256) and noise.shape == (2, 2, 256)
+
+
 # ---------------------------------------------------------------- refusals
 def test_what_a_contrastive_source_refuses(folder, tmp_path):
     with pytest.raises(ValueError, match="class-conditional and contrastive training cannot be combined"):
@@ -258,3 +277,9 @@ def test_what_a_contrastive_source_refuses(folder, tmp_path):
     assert TokenCache(str(older)).augment == "mage" and data_source(None, str(older), 0, views="mage").views == "mage"
     with pytest.raises(ValueError, match="holds mage views"):
         data_source(None, str(older), 0, views="simclr")
+
+
+def test_tokenize_refuses_augment_with_center_crop(folder, tmp_path):
+    with pytest.raises(SystemExit, match="one unaugmented view per image, got --augment simclr"):
+        main(["tokenize", "--data", str(folder), "--out", str(tmp_path / "c"), "--center-crop", "--augment", "simclr",
+              "--model", "mage_vit_tiny_test", "--device", "cpu"])
