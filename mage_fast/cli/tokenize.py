@@ -3,12 +3,12 @@ for `mage-fast train --tokens CACHE`, whose steps then read ids instead of decod
 and tokenizing images.
 
 View v of image i is the training crop and flip (RandomResizedCrop(256, 0.2-1), bilinear, flip
-with probability 1/2) drawn from (--seed, i, v), tokenized by the frozen VQGAN; with
---augment simclr it is a SimCLR view instead (crop 0.08-1, flip, colour jitter, grayscale,
-blur: docs/mage.md#views), for contrastive training (`train --contrastive`, which takes two
-different views of each image per epoch: --views 2 or more). CACHE/ holds
+with probability 1/2) drawn from (--seed, i, v), tokenized by the frozen VQGAN. CACHE/ holds
 tokens.npy (uint16 [N, K, 256], N x K x 512 bytes: ImageNet at K = 10 is about 6.6 GB) and
 index.json (the files, labels, settings and the tokenizer weights' sha256, which `train` checks).
+--augment simclr caches SimCLR views instead (crop 0.08-1, flip, colour jitter, grayscale, blur:
+docs/mage.md#views) for contrastive training, which takes two different views of each image per
+epoch: --views 2 or more.
 --views 1 --center-crop caches an evaluation set (resize 256, center crop 256).
 
 A killed run resumes when started again with the same arguments (finished chunks are kept in
