@@ -172,6 +172,8 @@ def test_folder_batches_hold_two_views_of_each_image_and_their_noise(folder):
             want = ViewTransform("simclr")(pictures.load(index), generator=samples.view(epoch, index, v))
             assert torch.equal(images[j, v], want) and torch.equal(noise[j, v], noise_of(3, micro, row, view=v))
         assert not torch.equal(images[j, 0], images[j, 1])
+    worker = torch.utils.data.DataLoader(samples, batch_sampler=order, num_workers=1)   # a copy of the transform
+    assert_same_batches([(images, noise)], list(worker))
 
 
 def split_and_resumed(source, num_images):

@@ -118,8 +118,8 @@ class TokenCache:
         """A contrastive run takes two different views of each image, made with its preset."""
         if self.num_views < 2:
             raise ValueError(f"a contrastive run needs a token cache with at least 2 views per image; make one with "
-                             f"mage-fast tokenize --views 2 --augment {views} (or more views): {self.path} holds "
-                             f"{self.num_views}")
+                             f"mage-fast tokenize --views 2 --augment {views} (or more views; {self.path} holds "
+                             f"{self.num_views})")
         if self.augment != views:
             raise ValueError(f"the token cache {self.path} holds {self.augment} views, this run asks for {views} "
                              f"views: make a cache with mage-fast tokenize --augment {views} --views K")
