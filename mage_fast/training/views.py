@@ -27,7 +27,6 @@ class ViewPreset:
     is absent and draws nothing): colour jitter with torchvision's ColorJitter strengths
     (brightness, contrast, saturation, hue), grayscale, and a Gaussian blur with sigma uniform in
     blur_sigma and a square kernel of blur_kernel times the side (made odd)."""
-    name: str
     scale: Tuple[float, float]
     ratio: Tuple[float, float] = (3 / 4, 4 / 3)
     jitter: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
@@ -44,10 +43,9 @@ class ViewPreset:
 
 PRESETS = {
     # MAGE's pretraining crop and flip (docs/mage.md#recipe), drawn for each view on its own.
-    "mage": ViewPreset("mage", scale=(0.2, 1.0)),
+    "mage": ViewPreset(scale=(0.2, 1.0)),
     # SimCLR's (Chen et al. 2020, appendix A): colour distortion of strength 1, blur at half the views.
-    "simclr": ViewPreset("simclr", scale=(0.08, 1.0), jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, grayscale_p=0.2,
-                         blur_p=0.5),
+    "simclr": ViewPreset(scale=(0.08, 1.0), jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, grayscale_p=0.2, blur_p=0.5),
 }
 
 
