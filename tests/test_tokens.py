@@ -101,7 +101,10 @@ def test_cached_ids_are_the_tokens_of_each_views_crop(cache, folder, vqgan_ckpt)
     images = ImageFolder(str(folder))
     assert c.tokens.shape == (N, K, 256) and c.tokens.dtype == np.uint16
     assert c.index["files"] == images.files and c.index["labels"] == [0, 0, 1] and c.index["classes"] == ["a", "b"]
-    assert c.index["seed"] == 0 and c.index["transform"]["kind"] == "random_resized_crop_flip"
+    assert c.index["seed"] == 0 and c.index["transform"] == {   # as caches made before --augment record it
+        "kind": "random_resized_crop_flip", "size": 256, "scale": [0.2, 1.0], "ratio": [0.75, 4 / 3],
+        "interpolation": "bilinear"}
+    assert c.index["augment"] == c.augment == "mage"
     model = tokenizer(vqgan_ckpt)
     assert c.index["tokenizer_sha256"] == tokenizer_sha256(model)
     for i in range(N):
@@ -118,7 +121,7 @@ def test_center_crop_cache_for_evaluation_sets(folder, vqgan_ckpt, tmp_path):
     main(["tokenize", "--data", str(folder), "--out", str(out), "--center-crop", "--vqgan-ckpt", vqgan_ckpt, *TINY])
     c = TokenCache(str(out))
     assert c.tokens.shape == (N, 1, 256) and c.index["transform"] == {
-        "kind": "center_crop", "size": 256, "resize": 256, "interpolation": "bicubic"}
+        "kind": "center_crop", "size": 256, "resize": 256, "interpolation": "bicubic"} and c.index["augment"] is None
     crop = EvalTransform()(ImageFolder(str(folder)).load(2))
     assert torch.equal(torch.from_numpy(c.tokens[2, 0].astype(np.int64)), tokenizer(vqgan_ckpt).tokenize(crop[None])[0])
 

@@ -6,6 +6,9 @@ View v of image i is the training crop and flip (RandomResizedCrop(256, 0.2-1), 
 with probability 1/2) drawn from (--seed, i, v), tokenized by the frozen VQGAN. CACHE/ holds
 tokens.npy (uint16 [N, K, 256], N x K x 512 bytes: ImageNet at K = 10 is about 6.6 GB) and
 index.json (the files, labels, settings and the tokenizer weights' sha256, which `train` checks).
+--augment simclr caches SimCLR views instead (crop 0.08-1, flip, colour jitter, grayscale, blur:
+docs/mage.md#views) for contrastive training, which takes two different views of each image per
+epoch: --views 2 or more.
 --views 1 --center-crop caches an evaluation set (resize 256, center crop 256).
 
 A killed run resumes when started again with the same arguments (finished chunks are kept in
@@ -16,6 +19,7 @@ import argparse
 import logging
 import os
 
+from ..training.views import PRESETS
 from ..validation import PRECISIONS, default_precision
 from .common import SKIP_UNREADABLE_HELP, add_device, add_model_args, non_negative_int, positive_int
 
@@ -38,6 +42,9 @@ def register(sub):
     p.add_argument("--skip-unreadable", action="store_true", help=SKIP_UNREADABLE_HELP)
     p.add_argument("--views", type=positive_int, metavar="K",
                    help="augmented views per image (required, but for --center-crop: 1)")
+    p.add_argument("--augment", choices=sorted(PRESETS),
+                   help="the views' augmentation: mage (the pretraining crop and flip, the default) or simclr "
+                        "(SimCLR's, for contrastive training; docs/mage.md#views)")
     p.add_argument("--center-crop", action="store_true",
                    help="one view per image, resized to 256 and center-cropped (for evaluation sets)")
     add_model_args(p)
@@ -79,6 +86,8 @@ def run(args):
     from ..training.tokenize import tokenize_folder
     if args.center_crop and args.views not in (None, 1):
         raise ValueError(f"--center-crop caches one view per image, got --views {args.views}")
+    if args.center_crop and args.augment:
+        raise ValueError(f"--center-crop caches one unaugmented view per image, got --augment {args.augment}")
     if not (args.center_crop or args.views):
         raise ValueError("give --views K (augmented views per image), or --center-crop")
     views = args.views or 1
@@ -98,6 +107,7 @@ def run(args):
         batch_size=args.batch_size or (max(1, 256 // views) if cuda else 4), chunk_size=args.chunk_size,
         device=ctx.device, workers=(8 if cuda else 0) if args.workers is None else args.workers,
         precision=args.precision or default_precision(ctx.device.type),
-        meta={"model": args.model, "impl": args.impl, "tokenizer": weights}, overwrite=args.overwrite)
+        meta={"model": args.model, "impl": args.impl, "tokenizer": weights}, overwrite=args.overwrite,
+        augment=args.augment or "mage")
     if cache is not None:
         print(f"wrote the ids of {cache.num_images} images x {cache.num_views} view(s) to {args.out}")

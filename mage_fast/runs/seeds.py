@@ -6,9 +6,10 @@ import numpy as np
 import torch
 
 # A run's data order and dropout (this package); pretraining's crops, mask ratios, noise, a token
-# cache's views, label dropout (training.batches); fine-tuning's RandAugment and mixup
-# (finetune.samples), which also crops with CROP.
-ORDER, CROP, RATIO, NOISE, DROPOUT, VIEW_CROP, VIEW, LABEL_DROP = range(8)
+# cache's views, label dropout, a contrastive run's two views of an image and the two of a token
+# cache's it takes (training.batches); fine-tuning's RandAugment and mixup (finetune.samples),
+# which also crops with CROP.
+ORDER, CROP, RATIO, NOISE, DROPOUT, VIEW_CROP, VIEW, LABEL_DROP, CONTRAST_VIEW, VIEW_PAIR = range(10)
 AUGMENT, MIXUP = 100, 101
 
 

@@ -1,6 +1,7 @@
 """Where a training run's micro-batches come from: an image folder (each image decoded, cropped
 and tokenized at every step) or a token cache (ids of precomputed views, read from a memory map
-a whole micro-batch at a time, with no image and no tokenizer in the step)."""
+a whole micro-batch at a time, with no image and no tokenizer in the step); for a contrastive
+run, two views of each image from either."""
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -9,8 +10,9 @@ import torch
 from ..data import ImageFolder
 from ..runs.interrupt import ignore_interrupts
 from ..runs.order import TrainOrder
-from .batches import Labels, TokenBatches, TrainSamples
+from .batches import ContrastiveSamples, Labels, TokenBatches, TrainSamples
 from .token_cache import TokenCache
+from .views import PRESETS, ViewTransform
 
 
 @dataclass(frozen=True)
@@ -21,16 +23,21 @@ class DataSource:
     description: str
     classes: List[str]            # the class subfolders' names (none: images directly in the folder)
     cache: Optional[TokenCache] = None
+    views: Optional[str] = None   # a contrastive run's views (a name of views.PRESETS); None: MAGE's batches
 
     @property
     def settings(self) -> Optional[dict]:
         """What a resumed run must read again, beside the data order: the token cache's settings
-        (the checkpoint's train_state["token_cache"]); None for an image folder."""
-        return self.cache.settings if self.cache else None
+        and a contrastive run's views (the checkpoint's train_state["token_cache"]); None for an
+        image folder, whose views the run records itself."""
+        if not self.cache:
+            return None
+        return {**self.cache.settings, "views": self.views} if self.views else self.cache.settings
 
     def loader(self, order: TrainOrder, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
         """The micro-batches of `order`: (images or int16 ids, noise), and the labels of a
-        class-conditional run."""
+        class-conditional run; a contrastive run's hold two views per image: (images
+        [B, 2, 3, 256, 256] or int16 ids [B, 2, 256], noise [B, 2, 256])."""
         if self.cache:  # the dataset takes a whole micro-batch's keys: one read each
             return torch.utils.data.DataLoader(self.dataset, sampler=order, batch_size=None, num_workers=workers,
                                                pin_memory=pin_memory, worker_init_fn=ignore_interrupts)
@@ -49,11 +56,18 @@ def data_source(data: Optional[str], tokens: Optional[str], seed: int,
     """An image folder (`data`) or a token cache (`tokens`): one of them (TrainConfig checks).
     label_drop (num_classes, probability): a class-conditional run, whose batches carry labels,
     from the class subfolders (a cache: its index's), dropped with that probability; num_classes
-    None: the data's number of classes. It needs at least two classes."""
+    None: the data's number of classes. It needs at least two classes. views (a name of
+    views.PRESETS): a contrastive run, whose batches hold two views of each image and no labels;
+    from a token cache, two of its views made with that preset (tokenize --augment)."""
     if views is not None:
-        raise NotImplementedError("two-view batches")  # placeholder until the views land
+        if label_drop is not None:
+            raise ValueError("class-conditional and contrastive training cannot be combined")
+        if views not in PRESETS:
+            raise ValueError(f"views must be one of {sorted(PRESETS)}, got {views!r}")
     if tokens is not None:
         cache = TokenCache(tokens)
+        if views is not None:
+            cache.check_views(views)
         classes, all_labels, where = cache.index["classes"], cache.index["labels"], f"the token cache {tokens}"
     else:
         folder = ImageFolder(data, skip_unreadable=skip_unreadable)
@@ -68,8 +82,12 @@ def data_source(data: Optional[str], tokens: Optional[str], seed: int,
             raise ValueError(f"num_classes is {num_classes} but {where} has {len(classes)} classes")
         labels = Labels(all_labels, num_classes or len(classes), drop, seed)
     if tokens is not None:
-        return DataSource(TokenBatches(cache, seed, labels), cache.num_images, "tokens",
-                          f"{cache.num_images} images x {cache.num_views} view(s) from the token cache {tokens}",
-                          classes, cache)
+        taken = f", 2 of them per image per epoch ({views})" if views else ""
+        return DataSource(TokenBatches(cache, seed, labels, pairs=views is not None), cache.num_images, "tokens",
+                          f"{cache.num_images} images x {cache.num_views} view(s){taken} from the token cache {tokens}",
+                          classes, cache, views)
+    if views is not None:
+        return DataSource(ContrastiveSamples(folder, seed, ViewTransform(views)), len(folder), "images",
+                          f"{len(folder)} images, 2 {views} views of each", classes, views=views)
     return DataSource(TrainSamples(folder, seed, labels=labels), len(folder), "images", f"{len(folder)} images",
                       classes)

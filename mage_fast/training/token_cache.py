@@ -5,12 +5,13 @@ A cache is a folder that `mage-fast tokenize` writes (training/tokenize.py):
 - tokens.npy: uint16 [N, K, 256] in numpy's .npy format, read memory-mapped; row (i, v) holds
   the ids of view v of image i (N x K x 512 bytes);
 - index.json: strict JSON: the format and its version, N, K, the seed of the views, the
-  transform's settings, the model, the sha256 of the tokenizer weights and where they came
-  from, the precision and device kind, then the image files (relative to the folder, in dataset
-  order) with their sha1, classes and labels.
-View v of image i is the training transform (RandomResizedCrop + flip) with its random numbers
-from a generator keyed by (seed, image, v) (batches.view_generator); a center-crop cache holds
-one view per image, the evaluation transform's.
+  transform's settings and the views' preset (augment), the model, the sha256 of the tokenizer
+  weights and where they came from, the precision and device kind, then the image files
+  (relative to the folder, in dataset order) with their sha1, classes and labels.
+View v of image i is a view of the preset (views.PRESETS; "mage": the training transform,
+RandomResizedCrop + flip) with its random numbers from a generator keyed by (seed, image, v)
+(batches.view_generator); a center-crop cache holds one view per image, the evaluation
+transform's (augment null).
 """
 import hashlib
 import json
@@ -107,6 +108,21 @@ class TokenCache:
     def settings(self) -> dict:
         """What a resumed training run must read again: the same views of the same images."""
         return {k: self.index[k] for k in ("num_views", "seed", "transform", "files_sha1")}
+
+    @property
+    def augment(self) -> Optional[str]:
+        """The views' preset (views.PRESETS); caches made before presets hold MAGE's crops."""
+        return self.index.get("augment", "mage")
+
+    def check_views(self, views: str):
+        """A contrastive run takes two different views of each image, made with its preset."""
+        if self.num_views < 2:
+            raise ValueError(f"a contrastive run needs a token cache with at least 2 views per image; make one with "
+                             f"mage-fast tokenize --views 2 --augment {views} (or more views; {self.path} holds "
+                             f"{self.num_views})")
+        if self.augment != views:
+            raise ValueError(f"the token cache {self.path} holds {self.augment} views, this run asks for {views} "
+                             f"views: make a cache with mage-fast tokenize --augment {views} --views K")
 
     def read(self, images: np.ndarray, views: np.ndarray) -> np.ndarray:
         """The ids of view views[j] of image images[j], uint16 [B, 256]: one read of the memory

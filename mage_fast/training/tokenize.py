@@ -13,22 +13,23 @@ import torch
 
 from ..chunks import CHUNK_MANIFEST, barrier, check_sizes, chunk_path, plan, prepare_partial, rank_and_world
 from ..configs import NUM_TOKENS
-from ..data import EvalTransform, ImageFolder, TrainTransform, files_sha1
+from ..data import EvalTransform, ImageFolder, files_sha1
 from ..files import write_json
 from ..validation import PRECISIONS
 from .batches import view_generator
 from .token_cache import DTYPE, FORMAT, INDEX, TOKENS, VERSION, TokenCache, tokenizer_sha256
+from .views import PRESETS, ViewTransform
 
 
 class ViewImages(torch.utils.data.Dataset):
     """Item i: the K views of image i, as the tokenizer takes them ([K, 3, 256, 256] in [0, 1]):
-    view v is the training transform drawn from view_generator(seed, i, v), or with
-    center_crop the evaluation transform (the FID preprocessing: resize 256, center crop 256)."""
+    view v is the preset `augment`'s view ("mage": the training transform) drawn from
+    view_generator(seed, i, v), or with center_crop the evaluation transform (the FID
+    preprocessing: resize 256, center crop 256)."""
 
-    def __init__(self, folder: ImageFolder, views: int, seed: int, center_crop: bool = False,
-                 train_transform: TrainTransform = TrainTransform()):
+    def __init__(self, folder: ImageFolder, views: int, seed: int, center_crop: bool = False, augment: str = "mage"):
         self.folder, self.views, self.seed = folder, views, seed
-        self.transform = EvalTransform() if center_crop else train_transform
+        self.transform = EvalTransform() if center_crop else ViewTransform(augment)
 
     def __len__(self):
         return len(self.folder)
@@ -44,8 +45,7 @@ class ViewImages(torch.utils.data.Dataset):
         t = self.transform
         if isinstance(t, EvalTransform):
             return {"kind": "center_crop", "size": t.size, "resize": t.resize, "interpolation": t.interpolation}
-        return {"kind": "random_resized_crop_flip", "size": t.size, "scale": list(t.scale), "ratio": list(t.ratio),
-                "interpolation": t.interpolation}
+        return t.settings
 
 
 def tokenize_crops(model, crops: torch.Tensor) -> torch.Tensor:
@@ -61,18 +61,22 @@ def tokenize_crops(model, crops: torch.Tensor) -> torch.Tensor:
 
 def tokenize_folder(model, folder: ImageFolder, out: str, views: int, seed: int = 0, center_crop: bool = False,
                     batch_size: int = 32, chunk_size: int = 1024, device=None, workers: int = 0,
-                    precision: str = "fp32", meta: Optional[dict] = None,
-                    overwrite: bool = False) -> Optional[TokenCache]:
-    """Write the token cache of `folder` to the folder `out`: `views` views per image (1 with
-    center_crop), each tokenized by model.tokenize (only model.vqgan is moved to `device`)
-    under `precision` autocast, `batch_size` images (batch_size x views crops) per forward,
-    resumable in chunks of `chunk_size` images. `meta` (JSON values: model name, where the
-    tokenizer weights came from) goes into the index. Run it in every process of a
-    torch.distributed group to share the chunks. Returns the cache on process 0, None on the
-    others."""
+                    precision: str = "fp32", meta: Optional[dict] = None, overwrite: bool = False,
+                    augment: str = "mage") -> Optional[TokenCache]:
+    """Write the token cache of `folder` to the folder `out`: `views` views per image of the
+    preset `augment` (views.PRESETS), or 1 unaugmented with center_crop, each tokenized by
+    model.tokenize (only model.vqgan is moved to `device`) under `precision` autocast,
+    `batch_size` images (batch_size x views crops) per forward, resumable in chunks of
+    `chunk_size` images. `meta` (JSON values: model name, where the tokenizer weights came from)
+    goes into the index. Run it in every process of a torch.distributed group to share the
+    chunks. Returns the cache on process 0, None on the others."""
     if views < 1 or (center_crop and views != 1):
         raise ValueError(f"views must be >= 1, and 1 with center_crop; got {views}" +
                          (" with center_crop" if center_crop else ""))
+    if augment not in PRESETS:
+        raise ValueError(f"augment must be one of {sorted(PRESETS)}, got {augment!r}")
+    if center_crop and augment != "mage":
+        raise ValueError(f"center_crop caches an unaugmented view, augment {augment!r} applies to random views")
     check_sizes(batch_size, chunk_size)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -82,14 +86,14 @@ def tokenize_folder(model, folder: ImageFolder, out: str, views: int, seed: int 
     model.vqgan.to(device)  # all that tokenize runs
     model.eval()
     rank, _ = rank_and_world()
-    dataset = ViewImages(folder, views, seed, center_crop)
+    dataset = ViewImages(folder, views, seed, center_crop, augment)
     n = len(folder)
     # Everything that decides the ids: a rerun with other settings starts over.
     index = {"format": FORMAT, "version": VERSION, "num_images": n, "num_views": views, "seed": seed,
-             "transform": dataset.settings, **(meta or {}), "tokenizer_sha256": tokenizer_sha256(model),
-             "precision": precision, "device": device.type, "batch_size": batch_size, "chunk_size": chunk_size,
-             "files_sha1": files_sha1(folder.files), "classes": list(folder.classes),
-             "labels": list(folder.labels), "files": list(folder.files)}
+             "transform": dataset.settings, "augment": None if center_crop else augment, **(meta or {}),
+             "tokenizer_sha256": tokenizer_sha256(model), "precision": precision, "device": device.type,
+             "batch_size": batch_size, "chunk_size": chunk_size, "files_sha1": files_sha1(folder.files),
+             "classes": list(folder.classes), "labels": list(folder.labels), "files": list(folder.files)}
     partial = out + ".partial"
     if rank == 0:
         prepare_partial(partial, index)
