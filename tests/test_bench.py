@@ -31,13 +31,16 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
     rows = record["sections"]["workloads-mage_vit_tiny_test"]
     assert [(r["workload"], r["implementation"]) for r in rows] == [
         ("train from images", "reference fp32"), ("train from images", "fast fp32"), ("train from tokens", "fast fp32"),
-        ("train class-conditional", "fast fp32"), ("tokenize", "fast fp32"), ("finetune", "reference fp32"),
+        ("train class-conditional", "fast fp32"), ("train MAGE-C", "fast fp32"), ("tokenize", "fast fp32"),
+        ("finetune", "reference fp32"),
         ("finetune", "fast fp32"), ("sample T=12", "reference fp32 (official)"), ("sample T=12", "fast sampler fp32"),
         ("sample T=12 guided", "fast sampler fp32")]
     assert rows[2]["baseline"] == "train from images: fast fp32"   # the same module, batch and precision
     assert rows[2]["speedup"] == rows[2]["images_per_s"] / rows[1]["images_per_s"]
     assert rows[2]["flops_per_image"] < rows[1]["flops_per_image"]
-    assert rows[4]["baseline"] is None and rows[4]["speedup"] is None  # the tokenizer has nothing to beat
+    assert rows[4]["baseline"] == "train from tokens: fast fp32"   # MAGE-C beside MAGE's step from ids
+    assert rows[4]["flops_per_image"] > 2 * rows[2]["flops_per_image"]   # two views and the head
+    assert rows[5]["baseline"] is None and rows[5]["speedup"] is None  # the tokenizer has nothing to beat
     assert rows[3]["baseline"] == "train from tokens: fast fp32"   # over the unconditional step from ids
     assert rows[3]["flops_per_image"] < rows[2]["flops_per_image"]  # the frozen encoder has no backward
     assert rows[-1]["baseline"] == "sample T=12: fast sampler fp32"

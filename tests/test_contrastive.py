@@ -14,6 +14,7 @@ from mage_fast.runs import Optimization, freeze_unused
 from mage_fast.runs.steps import train_step
 from mage_fast.training import UNUSED_BY_MAGE, TrainConfig, pretraining_optimizer
 from mage_fast.training.contrastive import ContrastiveMAGE, ContrastiveSettings, nt_xent
+from test_cli_errors import fails
 from test_training import TINY, assert_same_state, image_folder, load, logged, train
 
 SMALL_HEAD = dict(layers=2, hidden=32, dim=16, pool="avg", views="simclr")
@@ -70,7 +71,7 @@ def test_weight_zero_steps_exactly_as_mage_on_the_same_views():
     mage = mage_vit_tiny_test().train()
     plain = copy.deepcopy(mage)
     wrapped = ContrastiveMAGE(mage, ContrastiveSettings(weight=0.0, temperature=0.1, **SMALL_HEAD))
-    ids, noise = views(3)
+    ids, noise = views(2)
 
     def step(model, optimizer, loss_of):
         torch.manual_seed(1)  # the dropout draws
@@ -115,27 +116,27 @@ def _rank(rank: int, world: int, init: str, out: str, batch: int):
 
 
 def _loss_and_grads(rows: slice, world: int):
-    """This process's loss and (DDP-averaged) gradients on `rows` of a global batch of 4 images."""
+    """This process's loss and (DDP-averaged) gradients on `rows` of a global batch of 2 images."""
     torch.manual_seed(0)
     mage = mage_vit_tiny_test(dropout=0.0)
     freeze_unused(mage, UNUSED_BY_MAGE)  # as a run does: DDP then reduces every gradient
     wrapped = ContrastiveMAGE(mage, ContrastiveSettings(weight=1.0, temperature=0.2, **SMALL_HEAD))
     net = torch.nn.parallel.DistributedDataParallel(wrapped, broadcast_buffers=False) if world > 1 else wrapped
-    ids, noise = views(4)
+    ids, noise = views(2)
     loss = net(tokens=ids[rows], mask_ratio=0.6, noise=noise[rows])
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in wrapped.named_parameters() if p.grad is not None}
 
 
 def test_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path):
-    """Negatives from the whole global batch: 2 ranks at batch 2 (pooled rows gathered with
-    their gradients, the head on the global batch) give one process's gradients at batch 4,
+    """Negatives from the whole global batch: 2 ranks at batch 1 (pooled rows gathered with
+    their gradients, the head on the global batch) give one process's gradients at batch 2,
     and the mean of their losses its loss, to fp32 round-off."""
     init = f"file://{tmp_path / 'init'}"
-    mp.start_processes(_rank, args=(2, init, str(tmp_path), 2), nprocs=2, start_method="spawn")
+    mp.start_processes(_rank, args=(2, init, str(tmp_path), 1), nprocs=2, start_method="spawn")
     ranks = [torch.load(tmp_path / f"{r}.pt") for r in (0, 1)]
     with torch.random.fork_rng():
-        loss, grads = _loss_and_grads(slice(0, 4), 1)
+        loss, grads = _loss_and_grads(slice(0, 2), 1)
     torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss, rtol=1e-5, atol=1e-6)
     assert grads.keys() == ranks[0]["grads"].keys()
     for name, g in grads.items():
@@ -176,18 +177,21 @@ HEAD_FLAGS = ["--contrastive", "--contrastive-layers", "2", "--contrastive-hidde
 
 
 def run_train(source, out, *extra):
-    train(source, out, *HEAD_FLAGS, "--batch-size", "2", "--epochs", "2", "--warmup-epochs", "0", "--lr", "1e-3",
-          "--keep-every", "0", *extra)
+    train(source, out, *HEAD_FLAGS, "--batch-size", "2", "--epochs", "1", "--warmup-epochs", "0", "--lr", "1e-3",
+          *extra)
 
 
 def test_train_contrastive_from_images_resumes_exactly_and_its_checkpoint_loads_as_mage(tmp_path, capsys):
     """`train --contrastive` from a folder: the loss and its parts logged; stopped at step 1 and
-    resumed, the run ends where an uninterrupted one does, head included, bit for bit; the
-    checkpoint's `model` is MAGE's keys exactly, so `features` and `sample` take it."""
+    resumed, the run ends where an uninterrupted one does, head included, bit for bit, and a
+    resume with another contrastive setting is refused; the checkpoint's `model` is MAGE's keys
+    exactly, so `features` and `sample` take it."""
     data = image_folder(tmp_path / "img", 4)
     run_train(data, tmp_path / "full")
     assert "MAGE-C: two simclr views per image" in capsys.readouterr().out
     run_train(data, tmp_path / "parts", "--max-steps", "1")
+    assert "'temperature': 0.1" in fails(["train", "--data", str(data), "--out", str(tmp_path / "parts"), *TINY,
+                                          *HEAD_FLAGS, "--batch-size", "2", "--contrastive-temperature", "0.5"])
     run_train(data, tmp_path / "parts")
     full, parts = (load(tmp_path / d / "checkpoint-last.pth") for d in ("full", "parts"))
     assert_same_state(full, parts)
@@ -206,18 +210,13 @@ def test_train_contrastive_from_images_resumes_exactly_and_its_checkpoint_loads_
     assert len(list((tmp_path / "s").glob("*.png"))) == 2
 
 
-def test_train_contrastive_refuses_a_one_image_batch_and_another_setting_on_resume(tmp_path, capsys):
+def test_train_contrastive_refuses_a_one_image_batch_and_bad_settings(tmp_path):
+    """One line each, exit 1 (a str message) or 2 (a usage error)."""
     data = image_folder(tmp_path / "img", 2)
-    with pytest.raises(SystemExit) as e:
-        main(["train", "--data", str(data), "--out", str(tmp_path / "o"), *TINY, *HEAD_FLAGS, "--batch-size", "1"])
-    assert e.value.code == 1 and "at least two images per global micro-batch" in capsys.readouterr().err
-    run_train(data, tmp_path / "run", "--max-steps", "1")
-    with pytest.raises(SystemExit) as e:
-        run_train(data, tmp_path / "run", "--contrastive-temperature", "0.5")
-    assert e.value.code == 1 and "contrastive" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        main(["train", "--data", str(data), "--out", str(tmp_path / "o"), *TINY, "--contrastive-weight", "-1"])
-    assert e.value.code == 2
+    assert "at least two images per global micro-batch" in fails(
+        ["train", "--data", str(data), "--out", str(tmp_path / "o"), *TINY, *HEAD_FLAGS, "--batch-size", "1"])
+    assert fails(["train", "--data", str(data), "--out", str(tmp_path / "o"), *TINY, "--contrastive",
+                  "--contrastive-weight", "-1"]) == 2
 
 
 def test_train_contrastive_from_a_token_cache_of_two_views(tmp_path, capsys):

@@ -17,8 +17,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .views import PRESETS
+
 POOLS = ("avg", "cls")
-VIEW_PRESETS = ("simclr", "mage")  # the two views' augmentations (training.source)
+VIEW_PRESETS = tuple(PRESETS)  # the two views' augmentations (training.views)
 HEAD_KEY = "contrastive_head"  # the checkpoint entry of the head's state_dict
 
 
