@@ -7,8 +7,8 @@ with probability 1/2) drawn from (--seed, i, v), tokenized by the frozen VQGAN. 
 tokens.npy (uint16 [N, K, 256], N x K x 512 bytes: ImageNet at K = 10 is about 6.6 GB) and
 index.json (the files, labels, settings and the tokenizer weights' sha256, which `train` checks).
 --augment simclr caches SimCLR views instead (crop 0.08-1, flip, colour jitter, grayscale, blur:
-docs/mage.md#views) for contrastive training, which takes two different views of each image per
-epoch: --views 2 or more.
+docs/mage.md#views) for `train --contrastive` (MAGE-C), which takes two different views of each
+image per epoch: --views 2 or more.
 --views 1 --center-crop caches an evaluation set (resize 256, center crop 256).
 
 A killed run resumes when started again with the same arguments (finished chunks are kept in
@@ -44,7 +44,7 @@ def register(sub):
                    help="augmented views per image (required, but for --center-crop: 1)")
     p.add_argument("--augment", choices=sorted(PRESETS),
                    help="the views' augmentation: mage (the pretraining crop and flip, the default) or simclr "
-                        "(SimCLR's, for contrastive training; docs/mage.md#views)")
+                        "(SimCLR's, for train --contrastive; docs/mage.md#views)")
     p.add_argument("--center-crop", action="store_true",
                    help="one view per image, resized to 256 and center-cropped (for evaluation sets)")
     add_model_args(p)
