@@ -15,6 +15,8 @@ from mage_fast.ops.mlm_loss import mlm_loss, mlm_loss_ref
 from mage_fast.ops.token_drop import mask_sets
 from mage_fast.reference import mage_vit_tiny_test as reference_tiny
 from mage_fast.sampling.sampler import Sampler
+from mage_fast.training import TrainConfig
+from mage_fast.training.contrastive import ContrastiveMAGE
 
 pytestmark = pytest.mark.triton  # runs the kernels: under the interpreter without CUDA
 
@@ -292,18 +294,22 @@ def test_fp32_and_bf16_match_the_reference(size, device):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("input", ["images", "tokens", "class-conditional"])
+@pytest.mark.parametrize("input", ["images", "tokens", "class-conditional", "contrastive"])
 def test_training_step_has_no_host_sync_and_captures_in_a_graph(input):
-    """From images, from int16 ids as `train --tokens` feeds them, and class-conditional from
-    ids with labels over a frozen encoder."""
+    """From images, from int16 ids as `train --tokens` feeds them, class-conditional from ids
+    with labels over a frozen encoder, and MAGE-C's step (two views of ids, the default head)."""
     torch.manual_seed(0)
     conditional = input == "class-conditional"
     model = fast.mage_vit_base_patch16(class_conditional=conditional).cuda().train()
     if conditional:
         model.freeze_encoder()
+    if input == "contrastive":
+        settings = TrainConfig(tokens="-", out="-", contrastive=True).contrastive_settings
+        model = ContrastiveMAGE(model, settings).cuda().train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, capturable=True)
+    views = (2,) if input == "contrastive" else ()
     batch = {"images": torch.rand(16, 3, 256, 256, device="cuda")} if input == "images" else \
-        {"tokens": torch.randint(0, 1024, (16, 256), dtype=torch.int16, device="cuda")}
+        {"tokens": torch.randint(0, 1024, (16, *views, 256), dtype=torch.int16, device="cuda")}
     if conditional:
         batch["labels"] = torch.randint(0, 1001, (16,), device="cuda")
 
