@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from mage_fast.cli import main
 from mage_fast.model import mage_vit_tiny_test
 from mage_fast.runs import Optimization, freeze_unused
+from mage_fast.runs.ddp import NO_BUFFER_SYNC
 from mage_fast.runs.steps import train_step
 from mage_fast.training import UNUSED_BY_MAGE, TrainConfig, pretraining_optimizer
 from mage_fast.training.contrastive import ContrastiveMAGE, ContrastiveSettings, nt_xent
@@ -121,7 +122,7 @@ def _loss_and_grads(rows: slice, world: int):
     mage = mage_vit_tiny_test(dropout=0.0)
     freeze_unused(mage, UNUSED_BY_MAGE)  # as a run does: DDP then reduces every gradient
     wrapped = ContrastiveMAGE(mage, ContrastiveSettings(weight=1.0, temperature=0.2, **SMALL_HEAD))
-    net = torch.nn.parallel.DistributedDataParallel(wrapped, broadcast_buffers=False) if world > 1 else wrapped
+    net = torch.nn.parallel.DistributedDataParallel(wrapped, **NO_BUFFER_SYNC) if world > 1 else wrapped
     ids, noise = views(2)
     loss = net(tokens=ids[rows], mask_ratio=0.6, noise=noise[rows])
     loss.backward()

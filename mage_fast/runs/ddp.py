@@ -1,4 +1,5 @@
 """DistributedDataParallel as every run wraps its model, and the freezing that lets it."""
+import inspect
 from typing import Optional, Tuple
 
 from torch import nn
@@ -20,11 +21,21 @@ def freeze_unused(model: nn.Module, unused: Tuple[str, ...]):
             p.requires_grad_(False)
 
 
+# No buffer broadcast before each forward. Newer torch warns on broadcast_buffers and names the
+# setting forward_sync_buffers, which also syncs the buffers once at init: harmless, as every
+# rank's buffers start equal.
+NO_BUFFER_SYNC = {"forward_sync_buffers" if "forward_sync_buffers" in
+                  inspect.signature(DistributedDataParallel.__init__).parameters else "broadcast_buffers": False}
+
+
 def wrap(model: nn.Module, ctx) -> Optional[DistributedDataParallel]:
     """The DDP wrapper of `model` on a run of several processes (None alone). Every trainable
     parameter gets a gradient in every step (freeze_unused), hence find_unused_parameters=False;
-    the only buffer is constant (the token position ids): no broadcast before every forward."""
+    MAGE's only buffer is constant (the token position ids) and MAGE-C's head's BatchNorm
+    statistics are the same on every rank (it runs on the gathered global batch): no broadcast
+    before every forward."""
     if ctx.world_size == 1:
         return None
     return DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+                                   **NO_BUFFER_SYNC)
+
