@@ -99,13 +99,17 @@ def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """[C, H, W] convolved with the size x size Gaussian (the outer product of gaussian_kernel,
-    applied as its two 1-D passes), the image extended by reflection so it keeps its shape."""
+    """[C, H, W] in [0, 1] convolved with the size x size Gaussian (the outer product of
+    gaussian_kernel, applied as its two 1-D passes), the image extended by reflection so it
+    keeps its shape; in [0, 1]."""
     k = gaussian_kernel(size, sigma).to(x.dtype)
     channels, pad = x.shape[-3], size // 2
     y = F.pad(x[None], (pad, pad, pad, pad), mode="reflect")
     y = F.conv2d(y, k.view(1, 1, 1, size).expand(channels, 1, 1, size), groups=channels)
-    return F.conv2d(y, k.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels)[0]
+    y = F.conv2d(y, k.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels)[0]
+    # The float32 weights sum to 1 only within round-off: a white region can come out a few ulp
+    # above 1, which the tokenizer refuses. A weighted mean of [0, 1] stays in [0, 1].
+    return y.clamp_(0, 1)
 
 
 JITTERS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
