@@ -11,14 +11,17 @@ RandAugment, which make each image a different problem every epoch. A set of few
   whole set gives one step per epoch and per validation: the batch is capped so that an epoch has
   at least STEPS_PER_EPOCH steps;
 - the linear scaling rule lowers the lr of a small batch because a large set gives it
-  proportionally more steps; a small set does not, and the 1.6e-5 it gave at batch 16 moves an
-  AdamW run's weights by at most 1.6e-5 a step, so the loss stayed at ln(classes): the lr is
-  the published run's peak, blr x 1024 / 256;
+  proportionally more steps; a small set does not. At batch 16 it gave 1.6e-5, and an AdamW step
+  moves each weight by about the lr: in the steps a small set gives, the head (drawn with std
+  2e-5) stays too small to move the loss off ln(classes). The lr is the published run's peak,
+  blr x 1024 / 256, which is what the steps of a small set need: 1e-3 took flat colours to 100% in
+  12 steps of the tiny test model;
 - the warm-up is the official 5% of the run, not 5 epochs, which --epochs 8 made 62% of it (and
   --epochs 3 an error);
-- mixup, cutmix and RandAugment are off: with a few hundred steps there is nothing to regularise,
-  and they hide the little signal there is (RandAugment's colour operations turn one class of a
-  colour-defined set into another). Without them the run needs no timm.
+- mixup, cutmix and RandAugment are off: they make each image a new problem every epoch, a
+  regulariser for 125,000 steps that a run of a few hundred cannot afford (RandAugment's colour
+  operations can even turn one class of a colour-defined set into another). The run then needs
+  no timm.
 
 Each adaptation applies only to the settings not given explicitly (FinetuneConfig.fixed), and
 small_set=0 keeps the official recipe whatever the size."""
