@@ -238,6 +238,9 @@ def test_small_sets_adapt_what_was_not_given():
     assert (ran.lr, ran.batch_size) == (None, 10)             # blr scales by the batch; mixing: an even batch
     with pytest.raises(ValueError, match="batch_size must be even"):
         for_training_set(config_for("mage_vit_base_patch16", data="d", val="v", out="o", batch_size=3, mixup=0.5), 9)
+    ran, _ = for_training_set(config_for("mage_vit_base_patch16", data="d", val="v", out="o", batch_size=3), 9)
+    assert (ran.batch_size, ran.mixup, ran.cutmix) == (3, 0, 0)     # odd is fine once mixing is off
+    assert for_training_set(config_for("mage_vit_base_patch16", data="d", val="v", out="o"), 12)[0].batch_size == 3
 
 
 def test_label_smoothed_loss_without_timm():

@@ -37,11 +37,11 @@ WARMUP_FRACTION = 0.05      # the official 5 of 100 epochs
 AUGMENTATIONS = (("mixup", "mixup"), ("cutmix", "cutmix"), ("aa", "RandAugment"))   # (setting, name)
 
 
-def _batch(cfg: FinetuneConfig, num_images: int, world_size: int) -> int:
+def _batch(cfg: FinetuneConfig, num_images: int, world_size: int, mixing: bool) -> int:
     """The largest batch up to cfg.batch_size that gives STEPS_PER_EPOCH steps (at least 1; even
     where mixing pairs each image with another)."""
     batch = max(1, min(cfg.batch_size, num_images // (STEPS_PER_EPOCH * world_size * cfg.accum_iter)))
-    return max(2, batch - batch % 2) if cfg.mixing else batch
+    return max(2, batch - batch % 2) if mixing else batch
 
 
 def for_training_set(cfg: FinetuneConfig, num_images: int, world_size: int = 1) -> Tuple[FinetuneConfig, str]:
@@ -49,11 +49,15 @@ def for_training_set(cfg: FinetuneConfig, num_images: int, world_size: int = 1) 
     processes, a line saying which recipe that is and what was adapted)."""
     if not cfg.small_set or num_images >= cfg.small_set:
         cfg.check_joint()
-        return cfg, f"the official recipe ({num_images} training images, at least --small-set {cfg.small_set})"
+        return cfg, (f"the official recipe ({num_images} training images, " + (
+            f"at least --small-set {cfg.small_set})" if cfg.small_set else "--small-set 0)"))
     free = set(ADAPTED) - set(cfg.fixed)
-    changes, notes = {}, []
+    off = [label for name, label in AUGMENTATIONS if name in free and getattr(cfg, name) not in (0, NO_AUGMENT)]
+    changes = {name: NO_AUGMENT if name == "aa" else 0.0 for name, label in AUGMENTATIONS if label in off}
+    notes = []
     if "batch_size" in free:
-        changes["batch_size"] = _batch(cfg, num_images, world_size)
+        mixing = changes.get("mixup", cfg.mixup) > 0 or changes.get("cutmix", cfg.cutmix) > 0
+        changes["batch_size"] = _batch(cfg, num_images, world_size, mixing)
         notes.append(f"batch {changes['batch_size']} (at least {STEPS_PER_EPOCH} steps an epoch)")
     if "lr" in free and "blr" not in cfg.fixed:
         changes["lr"] = scaled_lr(cfg.blr, PUBLISHED_BATCH)
@@ -61,9 +65,7 @@ def for_training_set(cfg: FinetuneConfig, num_images: int, world_size: int = 1) 
     if "warmup_epochs" in free:
         changes["warmup_epochs"] = WARMUP_FRACTION * cfg.epochs
         notes.append(f"warm-up {changes['warmup_epochs']:g} of {cfg.epochs} epochs ({WARMUP_FRACTION:.0%})")
-    off = [label for name, label in AUGMENTATIONS if name in free and getattr(cfg, name) not in (0, NO_AUGMENT)]
     if off:
-        changes.update({name: NO_AUGMENT if name == "aa" else 0.0 for name, label in AUGMENTATIONS if label in off})
         notes.append(f"no {'/'.join(off)}")
     adapted = dataclasses.replace(cfg, **changes)
     adapted.check_joint()
