@@ -409,6 +409,7 @@ def test_the_defaults_learn_a_small_set(data, tmp_path, capsys):
     assert "the small-set recipe (8 training images, under --small-set 1000): batch 2" in capsys.readouterr().out
     evals = [r for r in log_lines(tmp_path / "out") if "val_top1" in r]
     assert len(evals) == 3 and evals[-1]["val_top1"] >= 95 and evals[-1]["val_images"] == 4     # chance: 50
+    assert evals[-1]["val_loss"] < 0.65     # off ln 2 = 0.693, where the linear scaling rule's lr leaves it
 
 
 def test_checkpoints_have_the_official_format(run):
