@@ -1,7 +1,8 @@
 """Fine-tuning (`mage-fast finetune`, `mage-fast evaluate`): the classifier's official keys and its
 fast path against the reference, the layer-wise lr decay, the evaluation transform, pretraining
 checkpoints loaded the official way, and short CPU runs of both commands: above chance, official
-checkpoints, exact resume, resumable evaluation. Without timm (the mage-fast[finetune] extra):
+checkpoints, exact resume, resumable evaluation; the official recipe kept at ImageNet's size and
+the small-set recipe, which learns at its defaults. Without timm (the mage-fast[finetune] extra):
 mixup, cutmix and RandAugment off; tests/test_finetune_timm.py covers them."""
 import argparse
 import json
@@ -23,6 +24,7 @@ from mage_fast.data import EvalTransform
 from mage_fast.distributed import Dist
 from mage_fast.finetune import FinetuneConfig, config_for, eval_transform, load_pretrained, loop, param_groups_lrd
 from mage_fast.finetune.samples import Objective, require_timm
+from mage_fast.finetune.small_set import for_training_set
 from mage_fast.recognition.classifier import UNUSED_BY_CLASSIFIER, FastMAGEClassifier, MAGEClassifier, build_classifier
 from mage_fast.reference import mage_vit_tiny_test
 from mage_fast.runs import freeze_unused
@@ -196,12 +198,49 @@ def test_recipe_defaults_and_bad_settings():
     assert (large.epochs, large.layer_decay, large.drop_path) == (50, 0.75, 0.2)
     assert config_for("mage_vit_large_patch16", data="d", val="v", out="o", epochs=10).epochs == 10
     with pytest.raises(ValueError, match="batch_size must be even"):
-        FinetuneConfig("d", "v", "o", batch_size=3)
+        FinetuneConfig("d", "v", "o", batch_size=3, small_set=0)
     with pytest.raises(ValueError, match=r"layer_decay must be a finite number in \(0, 1\].*drop_path must be a finite "
                                          r"number in \[0, 1\)"):
         FinetuneConfig("d", "v", "o", layer_decay=0, drop_path=1.0)
     with pytest.raises(ValueError, match="blr must be a finite number > 0"):
         FinetuneConfig("d", "v", "o", blr=math.inf)
+
+
+IMAGENET = 1_281_167
+
+
+@pytest.mark.parametrize("model", ["mage_vit_base_patch16", "mage_vit_large_patch16"])
+def test_imagenet_keeps_the_official_recipe(model):
+    cfg = config_for(model, data="d", val="v", out="o")
+    for images, world in ((IMAGENET, 32), (1000, 1)):
+        ran, line = for_training_set(cfg, images, world)
+        assert ran is cfg and line.startswith("the official recipe")
+    assert (cfg.batch_size, cfg.accum_iter, cfg.blr, cfg.lr, cfg.warmup_epochs) == (32, 1, 2.5e-4, None, 5)
+    assert (cfg.mixup, cfg.cutmix, cfg.mixup_prob, cfg.smoothing) == (0.8, 1.0, 1.0, 0.1)
+    assert cfg.aa == "rand-m9-mstd0.5-inc1"
+    assert cfg.small_set == 1000 and cfg.fixed == ("data", "out", "val")
+    ran, _ = for_training_set(config_for(model, data="d", val="v", out="o", small_set=0), 16)
+    assert (ran.batch_size, ran.lr, ran.warmup_epochs, ran.aa) == (32, None, 5, "rand-m9-mstd0.5-inc1")
+    with pytest.raises(ValueError, match="warmup_epochs must be in"):  # as the official run refuses it
+        for_training_set(config_for(model, data="d", val="v", out="o", epochs=3), IMAGENET)
+
+
+def test_small_sets_adapt_what_was_not_given():
+    ran, line = for_training_set(config_for("mage_vit_base_patch16", data="d", val="v", out="o", epochs=8), 16)
+    assert (ran.batch_size, ran.lr, ran.warmup_epochs, ran.mixup, ran.cutmix, ran.aa) == (4, 1e-3, 0.4, 0, 0, "none")
+    assert (ran.epochs, ran.blr, ran.layer_decay, ran.smoothing, ran.drop_path) == (8, 2.5e-4, 0.65, 0.1, 0.1)
+    assert line.startswith("the small-set recipe (16 training images, under --small-set 1000): batch 4")
+    given = dict(batch_size=6, warmup_epochs=1, mixup=0.8, aa="rand-m5")
+    ran, line = for_training_set(config_for("mage_vit_base_patch16", data="d", val="v", out="o", **given), 999, 2)
+    assert {k: getattr(ran, k) for k in given} == given and (ran.lr, ran.cutmix) == (1e-3, 0)
+    assert "batch" not in line and "no cutmix;" in line
+    ran, _ = for_training_set(config_for("mage_vit_base_patch16", data="d", val="v", out="o", blr=1e-3, mixup=0.8), 40)
+    assert (ran.lr, ran.batch_size) == (None, 10)             # blr scales by the batch; mixing: an even batch
+    with pytest.raises(ValueError, match="batch_size must be even"):
+        for_training_set(config_for("mage_vit_base_patch16", data="d", val="v", out="o", batch_size=3, mixup=0.5), 9)
+    ran, _ = for_training_set(config_for("mage_vit_base_patch16", data="d", val="v", out="o", batch_size=3), 9)
+    assert (ran.batch_size, ran.mixup, ran.cutmix) == (3, 0, 0)     # odd is fine once mixing is off
+    assert for_training_set(config_for("mage_vit_base_patch16", data="d", val="v", out="o"), 12)[0].batch_size == 3
 
 
 def test_label_smoothed_loss_without_timm():
@@ -356,6 +395,23 @@ def test_fine_tuning_ends_well_above_chance(run):
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
 
 
+def test_the_defaults_learn_a_small_set(data, tmp_path, capsys):
+    """Only the folders, the tiny model and a short schedule: the small-set recipe (which needs no
+    timm) gets every validation image right, where the official batch of 32 has no step on 8."""
+    rng = np.random.default_rng(2)
+    train, val = write_folder(tmp_path / "train", 4, rng), write_folder(tmp_path / "val", 2, rng)
+    command = ["finetune", "--data", str(train), "--val", str(val), "--ckpt", str(data[0] / "pre.pth"),
+               "--out", str(tmp_path / "out"), "--model", "mage_vit_tiny_test"]
+    with pytest.raises(SystemExit, match="a step takes 32 images"):
+        main([*command, "--small-set", "0"])
+    with torch.random.fork_rng():
+        main([*command, "--epochs", "3"])
+    assert "the small-set recipe (8 training images, under --small-set 1000): batch 2" in capsys.readouterr().out
+    evals = [r for r in log_lines(tmp_path / "out") if "val_top1" in r]
+    assert len(evals) == 3 and evals[-1]["val_top1"] >= 95 and evals[-1]["val_images"] == 4     # chance: 50
+    assert evals[-1]["val_loss"] < 0.65     # off ln 2 = 0.693, where the linear scaling rule's lr leaves it
+
+
 def test_checkpoints_have_the_official_format(run):
     ckpt = load(run / "checkpoint-last.pth")
     assert {"model", "optimizer", "epoch", "scaler", "args", "train_state"} <= ckpt.keys() and ckpt["epoch"] == 1
@@ -486,7 +542,7 @@ def test_commands_refuse_bad_input(data, run, tmp_path):
     with pytest.raises(SystemExit, match="give the pretrained MAGE checkpoint"):
         main(["finetune", "--data", str(train), "--val", str(val), "--out", str(tmp_path / "o"), *TINY, *NO_TIMM])
     with pytest.raises(SystemExit, match="batch_size must be even"):
-        finetune(data, tmp_path / "o", "--batch-size", "3", "--aa", "none")
+        finetune(data, tmp_path / "o", "--batch-size", "3", "--aa", "none", "--small-set", "0")
     other = write_folder(tmp_path / "other", 1, np.random.default_rng(0))
     (other / "green").mkdir()
     Image.new("RGB", (8, 8)).save(other / "green" / "0.png")

@@ -6,6 +6,11 @@ epochs then a per-iteration half-cycle cosine to 1e-6, layer-wise lr decay, drop
 0.2-1, bicubic) + flip. The head is the mean of the 256 image tokens through fc_norm (--cls-token:
 the class token). MAGE-B: 100 epochs, layer decay 0.65, drop path 0.1; MAGE-L: 50, 0.75, 0.2.
 
+That recipe is sized for ImageNet. A training set of fewer than --small-set images (1000) gets the
+small-set recipe for each of these flags not given: a batch of at most a quarter of the set, the
+published run's lr (blr x 1024 / 256), 5% of the epochs of warm-up, no mixup/cutmix/RandAugment.
+The run's first line says which recipe ran.
+
 Mixup/cutmix, RandAugment and the soft-target loss come from timm: pip install 'mage-fast[finetune]'
 (without it: --mixup 0 --cutmix 0 --aa none). Labels are class-subfolder indices in sorted order;
 --val must have the same subfolders.
@@ -22,6 +27,7 @@ import dataclasses
 import logging
 
 from ..finetune.config import MODEL_DEFAULTS, NO_AUGMENT, FinetuneConfig
+from ..finetune.small_set import PUBLISHED_BATCH, STEPS_PER_EPOCH, WARMUP_FRACTION
 from .common import SKIP_UNREADABLE_HELP, ModelDefault, add_device, add_setting
 
 LARGE = MODEL_DEFAULTS["mage_vit_large_patch16"]
@@ -33,13 +39,16 @@ def register(sub):
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def setting(name, help, **kwargs):
-        """The flag of a FinetuneConfig field, its default named in the help; one whose default
-        MAGE-L changes is left None here, for config_for to fill in the model's."""
+        """The flag of a FinetuneConfig field, its default named in the help but left None here:
+        only the flags given reach config_for, which fills in the model's recipe (MAGE-L changes
+        three defaults) and marks them fixed for the small-set recipe."""
         default = DEFAULTS.get(name)
         if name in LARGE:
-            kwargs["default"], help = None, f"{help} (default: {default}; {LARGE[name]} for MAGE-L)"
+            help = f"{help} (default: {default}; {LARGE[name]} for MAGE-L)"
         elif default not in (None, dataclasses.MISSING) and not isinstance(default, bool) and "default" not in help:
-            help += " (default: %(default)s)"
+            help += f" (default: {default})"
+        if not isinstance(default, bool):
+            kwargs.setdefault("default", None)
         add_setting(p, FinetuneConfig, name, help, **kwargs)
 
     setting("data", "training images, one subfolder per class", metavar="DIR")
@@ -81,6 +90,10 @@ def register(sub):
     setting("log_every", "log the loss every N steps")
     setting("eval_batch_size", "images per forward in validation (default: --batch-size)")
     setting("trusted", "unpickle checkpoints fully (only for files you trust)")
+    setting("small_set", f"a training set of fewer images gets the small-set recipe where these flags are not "
+                         f"given: at least {STEPS_PER_EPOCH} steps an epoch, lr blr x {PUBLISHED_BATCH} / 256, warm-up "
+                         f"{100 * WARMUP_FRACTION:g}%% of the epochs, no mixup/cutmix/RandAugment; 0: the official "
+                         "recipe at any size", metavar="N")
     add_device(p, torchrun=True)
     p.set_defaults(func=run)
 
@@ -88,7 +101,7 @@ def register(sub):
 def run(args):
     from .. import distributed
     from ..finetune import config_for, finetune
-    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)}
+    settings = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(FinetuneConfig)}
     cfg = config_for(**{k: v for k, v in settings.items() if v is not None})
     ctx = distributed.init(args.device)
     if not ctx.is_main:  # one process reports for all

@@ -3,7 +3,7 @@
 command with main_finetune.py's defaults); MAGE-L changes three of them (MODEL_DEFAULTS)."""
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 from ..configs import CONFIGS
 from ..model import IMPLEMENTATIONS
@@ -15,6 +15,8 @@ MODEL_DEFAULTS = {"mage_vit_large_patch16": dict(epochs=50, layer_decay=0.75, dr
 NO_AUGMENT = "none"
 PROBABILITY = Numbers(float, 0, 1)
 BELOW_ONE = Numbers(float, 0, 1, high_open=True)
+# What the small-set recipe (small_set.py) may change where it was not given.
+ADAPTED = ("batch_size", "lr", "warmup_epochs", "mixup", "cutmix", "aa")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class FinetuneConfig:
     log_every: int = setting(20, COUNT)
     eval_batch_size: Optional[int] = setting(None, COUNT)  # default: batch_size
     trusted: bool = False               # unpickle checkpoints fully
+    small_set: int = setting(1000, NON_NEGATIVE_INT)    # fewer training images: the small-set recipe; 0: never
+    fixed: Tuple[str, ...] = ()         # settings given explicitly, which the small-set recipe keeps
 
     def __post_init__(self):
         bad = []
@@ -66,12 +70,29 @@ class FinetuneConfig:
             bad.append(str(e))
         if isinstance(self.aa, str) and not (self.aa == NO_AUGMENT or self.aa.startswith("rand")):
             bad.append(f"aa must be a RandAugment policy (rand-...) or {NO_AUGMENT}, got {self.aa!r}")
-        if not bad and self.warmup_epochs > self.epochs:
-            bad.append(f"warmup_epochs must be in [0, epochs] = [0, {self.epochs}], got {self.warmup_epochs}")
-        if not bad and self.mixing and self.batch_size % 2:
-            bad.append(f"mixup/cutmix mix each batch with its reverse: batch_size must be even, got {self.batch_size}")
+        if not bad and self.settled:
+            bad += self._joint_errors()
         if bad:
             raise ValueError("; ".join(bad))
+
+    @property
+    def settled(self) -> bool:
+        """Whether no small-set recipe can change a setting: none applies, or all it adapts were given."""
+        return not self.small_set or set(ADAPTED) <= set(self.fixed)
+
+    def _joint_errors(self):
+        bad = []
+        if self.warmup_epochs > self.epochs:
+            bad.append(f"warmup_epochs must be in [0, epochs] = [0, {self.epochs}], got {self.warmup_epochs}")
+        if self.mixing and self.batch_size % 2:
+            bad.append(f"mixup/cutmix mix each batch with its reverse: batch_size must be even, got {self.batch_size}")
+        return bad
+
+    def check_joint(self):
+        """The rules between settings (a warm-up within the run, an even batch to mix): checked when
+        built where the config is settled, otherwise once the training set has decided them."""
+        if self._joint_errors():
+            raise ValueError("; ".join(self._joint_errors()))
 
     @property
     def mixing(self) -> bool:
@@ -90,5 +111,7 @@ class FinetuneConfig:
 
 
 def config_for(model: str, **settings) -> FinetuneConfig:
-    """A FinetuneConfig whose unset epochs, layer_decay and drop_path take the model's recipe."""
-    return FinetuneConfig(model=model, **{**MODEL_DEFAULTS.get(model, {}), **settings})
+    """A FinetuneConfig whose unset epochs, layer_decay and drop_path take the model's recipe;
+    the settings given are `fixed`: a small-set recipe keeps them."""
+    return FinetuneConfig(model=model, **{**MODEL_DEFAULTS.get(model, {}), **settings},
+                          fixed=tuple(sorted(settings)))

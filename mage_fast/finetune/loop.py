@@ -17,6 +17,7 @@ from .config import FinetuneConfig
 from .evaluate import eval_transform, validate
 from .optim import layer_decay_optimizer
 from .samples import FinetuneSamples, Objective, rand_augment
+from .small_set import for_training_set
 from .weights import load_pretrained
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,18 @@ def _model(cfg: FinetuneConfig, num_classes: int, resuming: bool, ctx):
 
 
 def finetune(cfg: FinetuneConfig, ctx) -> dict:
-    """Fine-tune until cfg.epochs (or cfg.max_steps) total steps. Each epoch ends with top-1 and
+    """Fine-tune until cfg.epochs (or cfg.max_steps) total steps, with the settings the size of
+    the training set gives (small_set.for_training_set: the official recipe, or on a small set
+    the small-set recipe where a setting was not given; a line says which). Each epoch ends with top-1 and
     top-5 on cfg.val (logged to OUT/log.jsonl), OUT/checkpoint-best.pth when top-1 improves, and
     OUT/checkpoint-last.pth, also written every cfg.save_every steps, at the stop and on
     SIGINT/SIGTERM (then raising KeyboardInterrupt). Returns the last validation (empty if no
     epoch ended)."""
     cfg = cfg.for_device(ctx.device.type)
     train_set, val_set = _datasets(cfg)
+    cfg, recipe = for_training_set(cfg, len(train_set), ctx.world_size)
+    if ctx.is_main:
+        print(recipe)
     num_classes = len(train_set.classes)
     resume = resume_file(cfg.resume, cfg.out, ctx)
     if resume is None and cfg.ckpt is None:
