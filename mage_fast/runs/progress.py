@@ -54,7 +54,7 @@ class Progress:
         if self.ctx.is_main:
             epoch = step / self.steps_per_epoch
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3e}", img_s=f"{rate:.1f}", refresh=False)
-            shown = "".join(f" ({name} {value:.4f})" for name, value in parts.items())
+            shown = f" ({', '.join(f'{name} {value:.4f}' for name, value in parts.items())})" if parts else ""
             self.bar.write(f"step {step}/{self.stop}  epoch {epoch:.3f}  loss {loss:.4f}{shown}  lr {lr:.3e}  "
                            f"{rate:.1f} images/s")
             append_json_line(self.log_path, {"step": step, "epoch": epoch, "loss": loss,
