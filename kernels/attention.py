@@ -397,8 +397,9 @@ def _compiles(kernel, config, named_args, kwargs):
         kernel.run(*named_args.values(), **dict(kwargs, warmup=True), **config.all_kwargs())
         return True
     except Exception as error:  # the compiler's errors have no common base class
+        lines = str(error).strip().splitlines()
         warnings.warn(f"attention: Hopper config {config} left out, it does not compile: "
-                      f"{str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__}")
+                      f"{lines[-1] if lines else type(error).__name__}")
         return False
 
 
@@ -431,7 +432,7 @@ def _tuned(kernel, sm90, sm80, sm90_tma=()):
 
 
 # The forward's Hopper variant (docs/kernels.md#attention): (warps, stages, warp-specialized) at
-# 64 x 64 tiles; K and V stream by TMA, 2-3 stages deep, into wgmma.
+# 64 x 64 tiles; q, k and v copied by TMA, k and v 2-3 stages deep, into wgmma.
 HOPPER_TMA = [(4, 2, False), (4, 3, False), (4, 2, True), (4, 3, True)]
 # Forward: query rows per program x key step. dkdv: query step x keys per program. dq: rows per
 # program x key step. 16-bit inputs (tensor-core dots): tiles a program keeps (q and its
