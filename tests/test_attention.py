@@ -344,6 +344,27 @@ def test_tma_descriptors_only_where_tma_can_read():
         assert KERNELS.tma_descriptors(x, k, x, 64) == (None, None, None)
 
 
+def test_a_hopper_config_that_does_not_compile_is_left_out():
+    """Pruning compiles each Hopper config for the launch (a warmup: nothing runs); one that
+    fails is dropped with a warning naming the compiler's last line, and autotuning goes on."""
+    class Kernel:
+        def __init__(self, error=None):
+            self.error, self.calls = error, []
+
+        def run(self, *args, **kwargs):
+            self.calls.append((args, kwargs))
+            if self.error:
+                raise self.error
+
+    config, named = KERNELS.tma_config(4, 2, True), {"Q": "q", "K": "k"}
+    good = Kernel()
+    assert KERNELS._compiles(good, config, named, {"grid": (1,)})
+    assert good.calls == [(("q", "k"), dict(grid=(1,), warmup=True, **config.all_kwargs()))]
+    failing = Kernel(RuntimeError("error: pipeline failed\nPassManager::run failed"))
+    with pytest.warns(UserWarning, match="does not compile: PassManager::run failed"):
+        assert not KERNELS._compiles(failing, config, named, {"grid": (1,)})
+
+
 # ----------------------------------------------------------------------------- the PyTorch path
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
