@@ -291,25 +291,13 @@ def hopper_variant(request, monkeypatch):
     assert KERNELS._fwd.best_config.kwargs["TMA"]
 
 
-def _dropout_run(b, h, n, d, dtype, key_lengths, seed=11, p=0.1):
-    """attention with dropout through the packed qkv (MAGE's layout): output and gradients."""
-    q, k, v, do = (randn(b, h, n, d, dtype=dtype, seed=s) for s in range(4))
-    qkv = torch.cat([t.transpose(1, 2).flatten(2) for t in (q, k, v)], dim=-1)
-
-    def fused(x):
-        out = attention_qkv(x, h, key_lengths=key_lengths, dropout_p=p, seed=seed)
-        return out.unflatten(-1, (h, d)).transpose(1, 2)
-
-    return outputs_and_grads(fused, [qkv], do)
-
-
 @needs_hopper
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("n,d,ragged", [(129, 48, True), (258, 64, False)])
-def test_hopper_variant_against_reference(hopper_variant, dtype, n, d, ragged):
+@pytest.mark.parametrize("b,n,d,ragged", [(2, 129, 48, True), (1, 258, 64, False)])
+def test_hopper_variant_against_reference(hopper_variant, dtype, b, n, d, ragged):
     """With dropout (the forward that has the Hopper configs), against the reference under the
     kernels' own mask: ragged N, head dim 48 (the descriptors' box pads it to 64), key lengths."""
-    b, h, seed = 2, 1, 11
+    h, seed = 1, 11
     kl = key_lengths_for(b, n) if ragged else None
     mask = dropout_mask_ref(seed, b, h, n, 0.1).to(DEVICE)
     check_against_reference(lambda *x: attention(*x, key_lengths=kl, dropout_p=0.1, seed=seed), b, h, n, d, dtype,
@@ -319,14 +307,23 @@ def test_hopper_variant_against_reference(hopper_variant, dtype, n, d, ragged):
 @pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's equality; a GPU's MMAs may differ")
 def test_hopper_variant_reads_what_pointer_loads_read(monkeypatch):
     """Under the interpreter the TMA config (64 x 64 tiles, as the interpreter's default) gives
-    the default config's output and gradients bit for bit at N = 257, d = 48: the same tiles,
-    the rows past N and the head-dim padding as zeros, the same dropout mask."""
-    kl = key_lengths_for(2, 257)
-    want = _dropout_run(2, 1, 257, 48, torch.float16, kl)
+    the default config's output and log-sum-exp bit for bit at N = 257, d = 48, from the fused
+    qkv: the same tiles, the rows past N and the head-dim padding as zeros, the same dropout
+    mask."""
+    b, h, n, d = 2, 2, 257, 48
+    q, k, v = randn(b, n, 3 * h * d, dtype=torch.float16).unflatten(-1, (3, h, d)).permute(2, 0, 3, 1, 4)
+    seed, kl = torch.tensor([5], device=DEVICE), key_lengths_for(b, n)
+
+    def forward():
+        out, lse = torch.full_like(q, float("nan")), torch.full((b, h, n), float("nan"), device=DEVICE)
+        KERNELS.attention_forward(q, k, v, out, lse, kl, seed, 0.1, d ** -0.5)
+        return out, lse
+
+    want = forward()
     monkeypatch.setattr(KERNELS._fwd, "configs", [KERNELS.tma_config(4, 1, False)])
-    got = _dropout_run(2, 1, 257, 48, torch.float16, kl)
-    assert KERNELS._fwd.best_config.kwargs["TMA"]
-    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    got = forward()
+    assert KERNELS._fwd.best_config.kwargs["TMA"] and torch.isfinite(got[0]).all()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_tma_descriptors_only_where_tma_can_read():
