@@ -293,10 +293,11 @@ def hopper_variant(request, monkeypatch):
 
 @needs_hopper
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("b,n,d,ragged", [(2, 129, 48, True), (1, 258, 64, False)])
+@pytest.mark.parametrize("b,n,d,ragged", [(2, 129, 48, True), (1, 258, 64, False), (2, 7, 48, True)])
 def test_hopper_variant_against_reference(hopper_variant, dtype, b, n, d, ragged):
     """With dropout (the forward that has the Hopper configs), against the reference under the
-    kernels' own mask: ragged N, head dim 48 (the descriptors' box pads it to 64), key lengths."""
+    kernels' own mask: ragged N, head dim 48 (the descriptors' box pads it to 64), key lengths,
+    and N = 7, a program shorter than its tile (TMA zero-fills the rows past N)."""
     h, seed = 1, 11
     kl = key_lengths_for(b, n) if ragged else None
     mask = dropout_mask_ref(seed, b, h, n, 0.1).to(DEVICE)
@@ -308,8 +309,7 @@ def test_hopper_variant_against_reference(hopper_variant, dtype, b, n, d, ragged
 def test_hopper_variant_reads_what_pointer_loads_read(monkeypatch):
     """Under the interpreter the TMA config (64 x 64 tiles, as the interpreter's default) gives
     the default config's output and log-sum-exp bit for bit at N = 257, d = 48, from the fused
-    qkv: the same tiles, the rows past N and the head-dim padding as zeros, the same dropout
-    mask."""
+    qkv: the same tiles, the head-dim padding as zeros, the same dropout mask."""
     b, h, n, d = 2, 2, 257, 48
     q, k, v = randn(b, n, 3 * h * d, dtype=torch.float16).unflatten(-1, (3, h, d)).permute(2, 0, 3, 1, 4)
     seed, kl = torch.tensor([5], device=DEVICE), key_lengths_for(b, n)
