@@ -208,7 +208,7 @@ def _mma(ptx):
 def _row(kernel, config, arch, compiled):
     ptx = compiled.asm["ptx"]
     res = _ptxas(compiled, arch)
-    warps = config["num_warps"]
+    warps = compiled.metadata.num_warps  # a warp-specialized loop adds warp groups to the config's
     programs = occupancy(res["regs"], warps, compiled.metadata.shared, arch)
     return dict(kernel=kernel, arch=arch, config=config, **res, shared=compiled.metadata.shared,
                 programs_per_sm=programs, warps_per_sm=programs * warps, mma=_mma(ptx),
@@ -244,6 +244,8 @@ def compile_launches(names, archs=ARCHS, config=None) -> list:
             for arch in archs:
                 driver.set_active(_TargetOnly(arch))  # this process never needs a real one
                 compiled = tuner.warmup(*args, **kwargs) if tuner else [fn.warmup(*args, **kwargs)]
+                if tuner:  # warmup cleared the arguments a pruning function may read
+                    tuner.nargs = dict(zip(tuner.arg_names, args))
                 configs = tuner.prune_configs(kwargs) if tuner else [None]  # the architecture's own
                 for cfg, k in zip(configs, compiled):
                     k = k.result() if hasattr(k, "result") else k
@@ -343,7 +345,7 @@ def problems(rows, spills=True) -> list:
 
 def _config_text(config):
     blocks = "x".join(str(v) for k, v in config.items() if k.startswith("BLOCK") or k in ("ROWS", "BATCH"))
-    return f"{blocks} w{config['num_warps']} s{config['num_stages']}"
+    return f"{blocks} w{config['num_warps']} s{config['num_stages']}" + (" ws" if config.get("WS") else "")
 
 
 def render(rows, triton_version) -> str:

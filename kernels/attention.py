@@ -26,14 +26,22 @@ Tiling, and why:
   scores is stored, and a CUDA-graph replay can take a new seed. 8-bit draws: p is rounded to a
   multiple of 1/256 (0.1 -> 26/256 = 0.1015625), and the rescaling uses the rounded value.
 """
+import warnings
+
 import torch
 import triton
 import triton.language as tl
 
 from ._runtime import interpreting
 
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # Triton before host-side tensor descriptors: no Hopper TMA configs
+    TensorDescriptor = None
+
 LOG2E = 1.4426950408889634
 TAIL = 16  # smallest tl.dot tile: the ragged remainder of N runs at this size
+TMA_BLOCK = tl.constexpr(64)  # rows per TMA copy (the descriptors' box): the Hopper configs' BLOCK_M and BLOCK_N
 DROP_LEVELS = tl.constexpr(256)  # dropout draws are 8-bit: p is rounded to a multiple of 2^-8
 
 
@@ -124,11 +132,22 @@ def _dropped(keep, x, drop_threshold):
 # ----------------------------------------------------------------------------- forward
 
 @triton.jit
-def _fwd_step(q, m, l, acc, rows, k_base, v_base, start_n, stride_n, N, kl, qk_scale, seed, bh, drop_threshold,
-              COLS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KEYS: tl.constexpr,
-              DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+def _load_tile(base, desc, bh, H, start, stride_n, N, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_D: tl.constexpr, TMA: tl.constexpr):
+    """Rows start + arange(ROWS) of slab bh of q, k or v: one TMA copy through the [B, H, N, d]
+    tensor descriptor when TMA (its box is ROWS x BLOCK_D: rows past N and columns past d
+    arrive as zeros, as the masked loads give them), else masked pointer loads."""
+    if TMA:
+        return desc.load([bh // H, bh % H, start, 0]).reshape(ROWS, BLOCK_D)
+    return _load_rows(base, start + tl.arange(0, ROWS), stride_n, N, HEAD_DIM, BLOCK_D)
+
+
+@triton.jit
+def _fwd_step(q, m, l, acc, rows, k_base, v_base, KD, VD, H, start_n, stride_n, N, kl, qk_scale, seed, bh,
+              drop_threshold, COLS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+              MASK_KEYS: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr):
     cols = start_n + tl.arange(0, COLS)
-    k = _load_rows(k_base, cols, stride_n, N, HEAD_DIM, BLOCK_D)
+    k = _load_tile(k_base, KD, bh, H, start_n, stride_n, N, COLS, HEAD_DIM, BLOCK_D, TMA)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # log2 units
     if MASK_KEYS:
         s = tl.where(cols[None, :] < kl, s, float("-inf"))
@@ -138,27 +157,36 @@ def _fwd_step(q, m, l, acc, rows, k_base, v_base, start_n, stride_n, N, kl, qk_s
     l = l * alpha + tl.sum(p, 1)  # the softmax normaliser counts dropped probabilities too
     if DROPOUT:
         p = tl.where(_keep(seed, bh, rows, start_n, N, drop_threshold, COLS), p, 0.0)
-    v = _load_rows(v_base, cols, stride_n, N, HEAD_DIM, BLOCK_D)
+    v = _load_tile(v_base, VD, bh, H, start_n, stride_n, N, COLS, HEAD_DIM, BLOCK_D, TMA)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l, acc
 
 
 @triton.jit
-def _fwd_rows(q_base, k_base, v_base, o_base, lse_base, start_m, stride_n, stride_on, N, kl, qk_scale, seed, bh,
-              drop_threshold, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-              TAIL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+def _fwd_rows(q_base, k_base, v_base, QD, KD, VD, H, o_base, lse_base, start_m, stride_n, stride_on, N, kl, qk_scale,
+              seed, bh, drop_threshold, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_N: tl.constexpr, TAIL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+              Q_TMA: tl.constexpr, TMA: tl.constexpr, WS: tl.constexpr):
     rows = start_m + tl.arange(0, ROWS)
-    q = _load_rows(q_base, rows, stride_n, N, HEAD_DIM, BLOCK_D)
+    q = _load_tile(q_base, QD, bh, H, start_m, stride_n, N, ROWS, HEAD_DIM, BLOCK_D, Q_TMA)
     m = tl.full([ROWS], float("-inf"), tl.float32)
     l = tl.zeros([ROWS], tl.float32)
     acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
-    n_full = kl // BLOCK_N * BLOCK_N
-    for start_n in range(0, n_full, BLOCK_N):
-        m, l, acc = _fwd_step(q, m, l, acc, rows, k_base, v_base, start_n, stride_n, N, kl, qk_scale, seed, bh,
-                              drop_threshold, BLOCK_N, HEAD_DIM, BLOCK_D, False, DROPOUT, PRECISION)
-    for start_n in range(n_full, kl, TAIL):
-        m, l, acc = _fwd_step(q, m, l, acc, rows, k_base, v_base, start_n, stride_n, N, kl, qk_scale, seed, bh,
-                              drop_threshold, TAIL, HEAD_DIM, BLOCK_D, True, DROPOUT, PRECISION)
+    if WS:
+        # Triton splits the key loop into a TMA-issuing warp group and computing ones (Triton >=
+        # 3.4). Its Hopper pass (3.6) takes q by TMA and no second loop carrying the softmax
+        # state, so the key tail runs as one masked full block (TMA zero-fills past N).
+        for start_n in tl.range(0, kl, BLOCK_N, warp_specialize=True):
+            m, l, acc = _fwd_step(q, m, l, acc, rows, k_base, v_base, KD, VD, H, start_n, stride_n, N, kl, qk_scale,
+                                  seed, bh, drop_threshold, BLOCK_N, HEAD_DIM, BLOCK_D, True, DROPOUT, PRECISION, TMA)
+    else:  # the full key blocks (through the descriptors when TMA), then the masked TAIL tiles
+        n_full = kl // BLOCK_N * BLOCK_N
+        for start_n in range(0, n_full, BLOCK_N):
+            m, l, acc = _fwd_step(q, m, l, acc, rows, k_base, v_base, KD, VD, H, start_n, stride_n, N, kl, qk_scale,
+                                  seed, bh, drop_threshold, BLOCK_N, HEAD_DIM, BLOCK_D, False, DROPOUT, PRECISION, TMA)
+        for start_n in range(n_full, kl, TAIL):
+            m, l, acc = _fwd_step(q, m, l, acc, rows, k_base, v_base, KD, VD, H, start_n, stride_n, N, kl, qk_scale,
+                                  seed, bh, drop_threshold, TAIL, HEAD_DIM, BLOCK_D, True, DROPOUT, PRECISION, False)
     # A sample without keys (key length 0) gets zeros, and lse = +inf zeros its backward's probabilities.
     l_safe = tl.where(l > 0, l, 1.0)
     out = acc / l_safe[:, None]
@@ -169,21 +197,28 @@ def _fwd_rows(q_base, k_base, v_base, o_base, lse_base, start_m, stride_n, strid
 
 
 @triton.jit
-def _attn_fwd(Q, K, V, O, LSE, KEY_LENGTHS, SEED, stride_b, stride_h, stride_n, stride_ob, stride_oh, stride_on,
-              H, N, qk_scale, drop_threshold, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr, TAIL: tl.constexpr, HAS_KL: tl.constexpr, DROPOUT: tl.constexpr,
-              PRECISION: tl.constexpr):
+def _attn_fwd(Q, K, V, O, LSE, KEY_LENGTHS, SEED, QD, KD, VD, stride_b, stride_h, stride_n, stride_ob, stride_oh,
+              stride_on, H, N, qk_scale, drop_threshold, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr, HAS_KL: tl.constexpr,
+              DROPOUT: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr = False, WS: tl.constexpr = False):
+    """QD, KD, VD: q, k, v's tensor descriptors (boxes of TMA_BLOCK rows), or None; the Hopper
+    configs (TMA) copy the full tiles through them, the TAIL tiles by pointer loads."""
+    tl.static_assert(not TMA or (BLOCK_M == TMA_BLOCK and BLOCK_N == TMA_BLOCK))
     bh, start_m, end_m = _program(N, BLOCK_M)
     off, kl, seed = _slab(bh, H, N, stride_b, stride_h, KEY_LENGTHS, SEED, HAS_KL, DROPOUT)
     o_base = O + _slab_offset(bh, H, stride_ob, stride_oh)
     tail = start_m
-    if start_m + BLOCK_M <= end_m:
-        _fwd_rows(Q + off, K + off, V + off, o_base, LSE + bh * N, start_m, stride_n, stride_on, N, kl, qk_scale,
-                  seed, bh, drop_threshold, BLOCK_M, HEAD_DIM, BLOCK_D, BLOCK_N, TAIL, DROPOUT, PRECISION)
+    # With TMA, rows past N arrive as zeros and are not stored, so a short program (the last: end_m
+    # = N) runs one full tile too; with no branch around it, 3.6's warp specialisation compiles.
+    if TMA or start_m + BLOCK_M <= end_m:
+        _fwd_rows(Q + off, K + off, V + off, QD, KD, VD, H, o_base, LSE + bh * N, start_m, stride_n, stride_on, N,
+                  kl, qk_scale, seed, bh, drop_threshold, BLOCK_M, HEAD_DIM, BLOCK_D, BLOCK_N, TAIL, DROPOUT,
+                  PRECISION, TMA, TMA, WS)
         tail = start_m + BLOCK_M
     for start in range(tail, end_m, TAIL):
-        _fwd_rows(Q + off, K + off, V + off, o_base, LSE + bh * N, start, stride_n, stride_on, N, kl, qk_scale,
-                  seed, bh, drop_threshold, TAIL, HEAD_DIM, BLOCK_D, BLOCK_N, TAIL, DROPOUT, PRECISION)
+        _fwd_rows(Q + off, K + off, V + off, QD, KD, VD, H, o_base, LSE + bh * N, start, stride_n, stride_on, N,
+                  kl, qk_scale, seed, bh, drop_threshold, TAIL, HEAD_DIM, BLOCK_D, BLOCK_N, TAIL, DROPOUT, PRECISION,
+                  False, TMA, False)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -347,13 +382,36 @@ def _dropout_mask_kernel(MASK, SEED, N, drop_threshold, BLOCK: tl.constexpr):
 
 # ----------------------------------------------------------------------------- launchers
 
-def _tuned(kernel, sm90, sm80):
+def tma_config(warps, stages, warp_specialize):
+    """A Hopper config: TMA_BLOCK x TMA_BLOCK tiles of q, k and v copied by TMA through their
+    tensor descriptors, the key loop warp-specialized or not."""
+    return triton.Config({"BLOCK_M": TMA_BLOCK.value, "BLOCK_N": TMA_BLOCK.value, "TMA": True, "WS": warp_specialize},
+                         num_warps=warps, num_stages=stages)
+
+
+def _compiles(kernel, config, named_args, kwargs):
+    """Whether this launch compiles with config (Triton caches the binary for the launch). A
+    Hopper config that this Triton cannot build (one without warp specialisation, say) is left
+    out of autotuning with a warning instead of failing the launch."""
+    try:
+        kernel.run(*named_args.values(), **dict(kwargs, warmup=True), **config.all_kwargs())
+        return True
+    except Exception as error:  # the compiler's errors have no common base class
+        lines = str(error).strip().splitlines()
+        warnings.warn(f"attention: Hopper config {config} left out, it does not compile: "
+                      f"{lines[-1] if lines else type(error).__name__}")
+        return False
+
+
+def _tuned(kernel, sm90, sm80, sm90_tma=()):
     """Autotuned over a few (BLOCK_M, BLOCK_N, warps, stages) on GPU, keyed on N, head dim, the
     mask/dropout variant and (automatically) dtypes; one config under the interpreter, which
     cannot benchmark and runs large blocks fastest. sm90 and sm80 list the tiles for Hopper and
     for Ampere (and anything else): sm_80's mma.sync keeps more of a tile in registers than
-    Hopper's wgmma, so tiles that fit one spill on the other (benchmarks/results/compile-report.md). The
-    architecture is read from Triton's driver at the first launch."""
+    Hopper's wgmma, so tiles that fit one spill on the other (benchmarks/results/compile-report.md).
+    sm90_tma: (warps, stages, warp-specialized) Hopper configs that copy tiles by TMA
+    (tma_config), tried where the launch passes descriptors (KD). The architecture is read from
+    Triton's driver at the first launch."""
     if interpreting():
         return triton.autotune([triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)],
                                key=["N", "HEAD_DIM", "HAS_KL", "DROPOUT"])(kernel)
@@ -361,21 +419,28 @@ def _tuned(kernel, sm90, sm80):
     configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in tiles]
     hopper = {id(c) for c, tile in zip(configs, tiles) if tile in sm90}
     ampere = {id(c) for c, tile in zip(configs, tiles) if tile in sm80}
+    tma = [tma_config(*args) for args in sm90_tma]
+    hopper |= {id(c) for c in tma}
 
     def for_this_arch(candidates, named_args, **kwargs):
         ids = hopper if triton.runtime.driver.active.get_current_target().arch >= 90 else ampere
-        return [c for c in candidates if id(c) in ids]
+        return [c for c in candidates if id(c) in ids and (not c.kwargs.get("TMA") or (
+            named_args.get("KD") is not None and _compiles(kernel, c, named_args, kwargs)))]
 
-    return triton.autotune(configs, key=["N", "HEAD_DIM", "HAS_KL", "DROPOUT"],
+    return triton.autotune(configs + tma, key=["N", "HEAD_DIM", "HAS_KL", "DROPOUT"],
                            prune_configs_by={"early_config_prune": for_this_arch})(kernel)
 
 
+# The forward's Hopper variant (docs/kernels.md#attention): (warps, stages, warp-specialized) at
+# 64 x 64 tiles; q, k and v copied by TMA, k and v 2-3 stages deep, into wgmma.
+HOPPER_TMA = [(4, 2, False), (4, 3, False), (4, 2, True), (4, 3, True)]
 # Forward: query rows per program x key step. dkdv: query step x keys per program. dq: rows per
 # program x key step. 16-bit inputs (tensor-core dots): tiles a program keeps (q and its
 # accumulator, or k, v, dk, dv) in registers without spilling, dropout included, at d = 48 and
 # 64 as launched (tests/test_compile.py).
 _fwd = _tuned(_attn_fwd, sm90=[(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 2)],
-              sm80=[(128, 64, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)])
+              sm80=[(128, 64, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)],
+              sm90_tma=HOPPER_TMA)
 # Each config accumulates the softmax over keys in its own order, and autotuning picks one by
 # timing in each process: generation (no dropout) would then round differently across
 # processes and resumes. Without dropout the forward runs one fixed config instead (one per
@@ -424,6 +489,20 @@ def _grid(num_slabs, n, block):
     return lambda meta: (blocks_per_slab(n, meta[block]) * num_slabs,)
 
 
+def tma_descriptors(q, k, v, block_d):
+    """q, k, v as [B, H, N, d] tensor descriptors with boxes of TMA_BLOCK rows x block_d (the
+    head dim padded, so columns past d arrive as zeros), for the forward's Hopper configs; None
+    where TMA cannot read them: other than 16-bit, or a base or a stride that is not a positive
+    multiple of 16 bytes (a view at an odd offset, an expanded dimension), or a Triton without
+    host-side descriptors. MAGE's layouts (the fused qkv, contiguous [B, H, N, d]) all qualify."""
+    for t in (q, k, v):
+        if TensorDescriptor is None or t.element_size() != 2 or t.data_ptr() % 16 or t.stride(-1) != 1 or any(
+                s <= 0 or s * 2 % 16 for s in t.stride()[:-1]):
+            return None, None, None
+    box = [1, 1, TMA_BLOCK.value, block_d]
+    return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), box) for t in (q, k, v))
+
+
 def attention_forward(q, k, v, out, lse, key_lengths, seed, dropout_p, scale):
     """Fills out and lse ([B, H, N] fp32, log2 units). q, k, v: [B, H, N, d] with one set of
     strides and a unit last stride; out: [B, H, N, d], any such strides."""
@@ -431,8 +510,9 @@ def attention_forward(q, k, v, out, lse, key_lengths, seed, dropout_p, scale):
     threshold = dropout_threshold(dropout_p)
     meta = _constexprs(q, key_lengths, threshold)
     kernel = _KERNELS[meta["PRECISION"]]["fwd" if threshold > 0 else "fwd_fixed"]
-    kernel[_grid(B * H, N, "BLOCK_M")](q, k, v, out, lse, key_lengths, seed, *q.stride()[:3], *out.stride()[:3], H, N,
-                                       scale * LOG2E, threshold, **meta)
+    descriptors = tma_descriptors(q, k, v, meta["BLOCK_D"]) if kernel is _fwd else (None,) * 3  # its Hopper configs
+    kernel[_grid(B * H, N, "BLOCK_M")](q, k, v, out, lse, key_lengths, seed, *descriptors, *q.stride()[:3],
+                                       *out.stride()[:3], H, N, scale * LOG2E, threshold, **meta)
 
 
 def attention_backward(do, q, k, v, out, lse, dq, dk, dv, key_lengths, seed, dropout_p, scale):

@@ -18,6 +18,7 @@ from helpers import assert_error_bounded, poisoned_allocations, rel_err
 from mage_fast import backends
 from mage_fast.backends import backend_report
 from mage_fast.cuda_graphs import capture
+from mage_fast.kernels import attention as KERNELS
 from mage_fast.kernels.attention import DROP_LEVELS, dropout_keep_mask, dropout_threshold
 from mage_fast.ops import attention as OPS
 from mage_fast.ops.attention import attention, attention_qkv, attention_ref, dropout_mask_ref
@@ -261,6 +262,104 @@ def assert_dropout_moments(fn, p, p_dropped, slabs, n=7, d=64):
 def test_dropout_output_mean_and_variance():
     assert_dropout_moments(lambda *x, dropout_p: attention(*x, dropout_p=dropout_p, seed=3), 0.1,
                            dropout_threshold(0.1) / DROP_LEVELS.value, slabs=256)
+
+
+# ----------------------------------------------------------------------------- the Hopper variant
+
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+# Under the interpreter one TMA config (its stages and warps mean nothing there), with and
+# without the warp-specialized loop; on a Hopper GPU each config of the autotune set.
+HOPPER_CONFIGS = KERNELS.HOPPER_TMA if HOPPER else [(4, 1, False), (4, 1, True)]
+needs_hopper = pytest.mark.skipif(DEVICE == "cuda" and not HOPPER, reason="TMA needs sm_90")
+
+
+@pytest.fixture(params=HOPPER_CONFIGS, ids=lambda c: "w{}-s{}{}".format(*c[:2], "-ws" if c[2] else ""))
+def hopper_variant(request, monkeypatch):
+    """The dropout forward runs only this Hopper config (q, k, v copied through tensor
+    descriptors); the test fails unless the launch really passed descriptors and ran it."""
+    monkeypatch.setattr(KERNELS._fwd, "configs", [KERNELS.tma_config(*request.param)])
+    made = []
+    real = KERNELS.tma_descriptors
+
+    def recording(*args):
+        made.append(real(*args))
+        return made[-1]
+
+    monkeypatch.setattr(KERNELS, "tma_descriptors", recording)
+    yield
+    assert made and all(None not in descriptors for descriptors in made)
+    assert KERNELS._fwd.best_config.kwargs["TMA"]
+
+
+@needs_hopper
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("b,n,d,ragged", [(2, 129, 48, True), (1, 258, 64, False), (2, 7, 48, True)])
+def test_hopper_variant_against_reference(hopper_variant, dtype, b, n, d, ragged):
+    """With dropout (the forward that has the Hopper configs), against the reference under the
+    kernels' own mask: ragged N, head dim 48 (the descriptors' box pads it to 64), key lengths,
+    and N = 7, a program shorter than its tile (TMA zero-fills the rows past N)."""
+    h, seed = 1, 11
+    kl = key_lengths_for(b, n) if ragged else None
+    mask = dropout_mask_ref(seed, b, h, n, 0.1).to(DEVICE)
+    check_against_reference(lambda *x: attention(*x, key_lengths=kl, dropout_p=0.1, seed=seed), b, h, n, d, dtype,
+                            key_lengths=kl, dropout_mask=mask, dropout_p=dropout_threshold(0.1) / DROP_LEVELS.value)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's equality; a GPU's MMAs may differ")
+def test_hopper_variant_reads_what_pointer_loads_read(monkeypatch):
+    """Under the interpreter the TMA config (64 x 64 tiles, as the interpreter's default) gives
+    the default config's output and log-sum-exp bit for bit at N = 257, d = 48, from the fused
+    qkv: the same tiles, the head-dim padding as zeros, the same dropout mask."""
+    b, h, n, d = 2, 2, 257, 48
+    q, k, v = randn(b, n, 3 * h * d, dtype=torch.float16).unflatten(-1, (3, h, d)).permute(2, 0, 3, 1, 4)
+    seed, kl = torch.tensor([5], device=DEVICE), key_lengths_for(b, n)
+
+    def forward():
+        out, lse = torch.full_like(q, float("nan")), torch.full((b, h, n), float("nan"), device=DEVICE)
+        KERNELS.attention_forward(q, k, v, out, lse, kl, seed, 0.1, d ** -0.5)
+        return out, lse
+
+    want = forward()
+    monkeypatch.setattr(KERNELS._fwd, "configs", [KERNELS.tma_config(4, 1, False)])
+    got = forward()
+    assert KERNELS._fwd.best_config.kwargs["TMA"] and torch.isfinite(got[0]).all()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_tma_descriptors_only_where_tma_can_read():
+    """Descriptors for MAGE's layouts (the fused qkv at head dims 48 and 64, contiguous
+    [B, H, N, d]); none for fp32, a base off 16 bytes, or an expanded (stride 0) dimension,
+    whose launches autotune over the other configs."""
+    for d in (48, 64):
+        qkv = torch.zeros(2, 129, 3 * 4 * d, dtype=torch.float16)
+        descriptors = KERNELS.tma_descriptors(*qkv.unflatten(-1, (3, 4, d)).permute(2, 0, 3, 1, 4).unbind(0), 64)
+        assert all(x.block_shape == [1, 1, 64, 64] and x.shape == [2, 4, 129, d] for x in descriptors)
+    x = torch.zeros(2, 4, 129, 48, dtype=torch.bfloat16)
+    assert None not in KERNELS.tma_descriptors(x, x, x, 64)
+    odd = torch.zeros(x.numel() + 1, dtype=torch.bfloat16)[1:].view(x.shape)
+    for k in (x.float(), odd, x[:1].expand(2, 4, 129, 48)):
+        assert KERNELS.tma_descriptors(x, k, x, 64) == (None, None, None)
+
+
+def test_a_hopper_config_that_does_not_compile_is_left_out():
+    """Pruning compiles each Hopper config for the launch (a warmup: nothing runs); one that
+    fails is dropped with a warning naming the compiler's last line, and autotuning goes on."""
+    class Kernel:
+        def __init__(self, error=None):
+            self.error, self.calls = error, []
+
+        def run(self, *args, **kwargs):
+            self.calls.append((args, kwargs))
+            if self.error:
+                raise self.error
+
+    config, named = KERNELS.tma_config(4, 2, True), {"Q": "q", "K": "k"}
+    good = Kernel()
+    assert KERNELS._compiles(good, config, named, {"grid": (1,)})
+    assert good.calls == [(("q", "k"), dict(grid=(1,), warmup=True, **config.all_kwargs()))]
+    failing = Kernel(RuntimeError("error: pipeline failed\nPassManager::run failed"))
+    with pytest.warns(UserWarning, match="does not compile: PassManager::run failed"):
+        assert not KERNELS._compiles(failing, config, named, {"grid": (1,)})
 
 
 # ----------------------------------------------------------------------------- the PyTorch path

@@ -62,9 +62,13 @@ def test_the_three_lengths_share_a_binary(rows):
 
 def test_launches_are_specialised_as_on_a_gpu(rows):
     """Aligned pointers and strides divisible by 16 reach the compiler: the 16-bit attention
-    forward copies tiles with cp.async (without the alignment it loads element by element)."""
+    forward copies tiles with cp.async (without the alignment it loads element by element), or
+    with TMA in the Hopper configs, which the sm_90 training forwards have (warp-specialized or
+    not) and sm_80 never."""
     fwd = [r for r in rows if r["kernel"] == "_attn_fwd" and "bf16" in r["launches"][0]]
-    assert fwd and all(r["cp_async"] for r in fwd)
+    assert fwd and all(r["cp_async"] or r["tma"] for r in fwd)
+    assert {r["config"].get("WS") for r in fwd if r["tma"] and r["arch"] == 90 and "train" in r["launches"][0]} == {
+        False, True} and not any(r["tma"] for r in rows if r["arch"] == 80)
     assert all("wgmma" in r["mma"] for r in fwd if r["arch"] == 90 and r["config"]["BLOCK_M"] >= 64)
 
 
