@@ -9,6 +9,13 @@ def interpreting() -> bool:
     return os.environ.get("MAGE_FAST_TRITON_INTERPRET") == "1" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def tma_allowed() -> bool:
+    """Whether attention's Hopper configs (TMA) may be autotuned: MAGE_FAST_NO_TMA=1 leaves them
+    out, a way around them should one fail at run time on a GPU (they are checked on one only by
+    the GPU session's tests)."""
+    return os.environ.get("MAGE_FAST_NO_TMA") != "1"
+
+
 if os.environ.get("MAGE_FAST_TRITON_INTERPRET") == "1":
     # Triton reads it when a @triton.jit decorator runs.
     os.environ["TRITON_INTERPRET"] = "1"

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._runtime import interpreting
+from ._runtime import interpreting, tma_allowed
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -494,9 +494,10 @@ def tma_descriptors(q, k, v, block_d):
     head dim padded, so columns past d arrive as zeros), for the forward's Hopper configs; None
     where TMA cannot read them: other than 16-bit, or a base or a stride that is not a positive
     multiple of 16 bytes (a view at an odd offset, an expanded dimension), or a Triton without
-    host-side descriptors. MAGE's layouts (the fused qkv, contiguous [B, H, N, d]) all qualify."""
+    host-side descriptors, or MAGE_FAST_NO_TMA=1. MAGE's layouts (the fused qkv, contiguous
+    [B, H, N, d]) all qualify."""
     for t in (q, k, v):
-        if TensorDescriptor is None or t.element_size() != 2 or t.data_ptr() % 16 or t.stride(-1) != 1 or any(
+        if TensorDescriptor is None or not tma_allowed() or t.element_size() != 2 or t.data_ptr() % 16 or t.stride(-1) != 1 or any(
                 s <= 0 or s * 2 % 16 for s in t.stride()[:-1]):
             return None, None, None
     box = [1, 1, TMA_BLOCK.value, block_d]

@@ -326,10 +326,10 @@ def test_hopper_variant_reads_what_pointer_loads_read(monkeypatch):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
-def test_tma_descriptors_only_where_tma_can_read():
+def test_tma_descriptors_only_where_tma_can_read(monkeypatch):
     """Descriptors for MAGE's layouts (the fused qkv at head dims 48 and 64, contiguous
-    [B, H, N, d]); none for fp32, a base off 16 bytes, or an expanded (stride 0) dimension,
-    whose launches autotune over the other configs."""
+    [B, H, N, d]); none for fp32, a base off 16 bytes, an expanded (stride 0) dimension or
+    under MAGE_FAST_NO_TMA=1, whose launches autotune over the other configs."""
     for d in (48, 64):
         qkv = torch.zeros(2, 129, 3 * 4 * d, dtype=torch.float16)
         descriptors = KERNELS.tma_descriptors(*qkv.unflatten(-1, (3, 4, d)).permute(2, 0, 3, 1, 4).unbind(0), 64)
@@ -339,6 +339,8 @@ def test_tma_descriptors_only_where_tma_can_read():
     odd = torch.zeros(x.numel() + 1, dtype=torch.bfloat16)[1:].view(x.shape)
     for k in (x.float(), odd, x[:1].expand(2, 4, 129, 48)):
         assert KERNELS.tma_descriptors(x, k, x, 64) == (None, None, None)
+    monkeypatch.setenv("MAGE_FAST_NO_TMA", "1")
+    assert KERNELS.tma_descriptors(x, x, x, 64) == (None, None, None)
 
 
 def test_a_hopper_config_that_does_not_compile_is_left_out():
