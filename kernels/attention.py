@@ -496,8 +496,10 @@ def tma_descriptors(q, k, v, block_d):
     multiple of 16 bytes (a view at an odd offset, an expanded dimension), or a Triton without
     host-side descriptors, or MAGE_FAST_NO_TMA=1. MAGE's layouts (the fused qkv, contiguous
     [B, H, N, d]) all qualify."""
+    if TensorDescriptor is None or not tma_allowed():
+        return None, None, None
     for t in (q, k, v):
-        if TensorDescriptor is None or not tma_allowed() or t.element_size() != 2 or t.data_ptr() % 16 or t.stride(-1) != 1 or any(
+        if t.element_size() != 2 or t.data_ptr() % 16 or t.stride(-1) != 1 or any(
                 s <= 0 or s * 2 % 16 for s in t.stride()[:-1]):
             return None, None, None
     box = [1, 1, TMA_BLOCK.value, block_d]
