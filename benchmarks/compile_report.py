@@ -270,7 +270,10 @@ def collect(jobs=2, archs=ARCHS, names=None, config=None) -> list:
     groups = {}
     for name in names:
         groups.setdefault(re.sub(r" [ND]=\d+", "", name), []).append(name)
-    parts = [sum(list(groups.values())[i::jobs], []) for i in range(jobs)]
+    # Dealt out in turn, the heaviest first (training compiles four kernels, bf16 the largest):
+    # in launch order one worker got every training group and ran alone for most of the time.
+    heavy_first = sorted(groups.values(), key=lambda g: (" train" not in g[0], "bf16" not in g[0]))
+    parts = [sum(heavy_first[i::jobs], []) for i in range(jobs)]
     with ThreadPoolExecutor(jobs) as pool:
         merged = {}
         for rows in pool.map(worker, [p for p in parts if p]):
