@@ -1,9 +1,10 @@
 """Fused attention (mage_fast.ops.attention) against every SDPA backend that runs, FlexAttention,
 xformers and the official materialised fp32 attention, at MAGE's shapes in bf16: forward and
 forward+backward ms, TFLOP/s (forward 4*B*H*N^2*d, forward+backward 3.5x that), of_bound: the
-least time our kernels' work allows over the measured time (mage_fast.bench.flops.attention_work:
-the tensor-core FLOPs they execute, head dim and N padded and the backward's recomputation
-counted, the exp2 count and the least HBM bytes, each at the device's peak; docs/kernels.md#attention-roofline),
+least time our kernels' work allows over the measured time (mage_fast.roofline.of_bound of
+mage_fast.bench.flops.attention_work: the tensor-core FLOPs they execute, head dim and N padded and
+the backward's recomputation counted, the exp2 count and the least HBM bytes, each at the device's
+peak; docs/kernels.md#attention-roofline; null where the device has no known roofline),
 and our speed-up over the fastest SDPA backend (speedup, with that backend as baseline) and over the
 official attention (vs_official): their ms / our ms, same run and device; above 1 means ours is
 faster. err: each forward output's relative error against an fp32 reference.
@@ -15,7 +16,7 @@ import torch
 
 from common import bench_ms, device_record, finish, setup
 from mage_fast.bench.flops import attention_work
-from mage_fast.roofline import Roofline
+from mage_fast.roofline import of_bound
 
 # (workload, heads, tokens, head dim): MAGE-B encoder 12 x 64, decoder 16 x 48; MAGE-L 16 x 64.
 # Training encoders see the 129 kept tokens, decoders and generation all 257.
@@ -92,11 +93,9 @@ def bench_shape(impls, workload, b, h, n, d, dtype, device, record):
     q, k, v, do = (torch.randn(b, h, n, d, generator=g, device=device).to(dtype) for _ in range(4))
     reference = attention_ref(q.float(), k.float(), v.float())
     rows = []
-    roof = Roofline(**record["roofline"]) if record.get("roofline") else None
     for mode in ("fwd", "fwd+bwd"):
         work = attention_work(b, h, n, d, backward=mode == "fwd+bwd")
         flop = work["flop"]
-        bound_ms = roof.bound_seconds(work["executed_flop"], work["nbytes"], work["exp2"]) * 1e3 if roof else None
         group = []
         for name, make in impls.items():
             row = dict(workload=workload, B=b, H=h, N=n, d=d, mode=mode, impl=name)
@@ -106,7 +105,7 @@ def bench_shape(impls, workload, b, h, n, d, dtype, device, record):
                 try:
                     timing, out = measure(make, q, k, v, do, mode)
                     tflops = flop / (timing["ms"] * 1e-3) / 1e12
-                    row.update(timing, tflops=tflops, of_bound=bound_ms / timing["ms"] if bound_ms else None,
+                    row.update(timing, tflops=tflops, of_bound=of_bound(record["roofline"], work, timing["ms"]),
                                err=(out.float() - reference).norm().item() / reference.norm().item())
                 except Exception as e:  # a backend without a kernel for this shape, or failing to compile
                     row["note"] = f"refused: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"

@@ -8,10 +8,10 @@ autotune config, for sm_80 and sm_90, against a stand-in driver that only names 
 N = 129, 257 and 258 specialise alike (none is a multiple of 16), so they share one binary; the
 report lists every launch under the binary it gets.
 
-Per binary: registers and spilled bytes (ptxas -v), shared memory, programs and warps per SM on
-the architecture's GPU (H100 for sm_90, A100 for sm_80), the MMA instructions (wgmma, mma.sync,
-or neither: FMA), TMA (tensor-descriptor copies) or not, and static PTX counts of Philox
-multiplies (mul.hi) and exp2 (ex2.approx).
+Per binary: registers and spilled bytes (the report of the ptxas -v run Triton compiles it with),
+shared memory, programs and warps per SM on the architecture's GPU (H100 for sm_90, A100 for
+sm_80), the MMA instructions (wgmma, mma.sync, or neither: FMA), TMA (tensor-descriptor copies)
+or not, and static PTX counts of Philox multiplies (mul.hi) and exp2 (ex2.approx).
 
     python benchmarks/compile_report.py            # writes benchmarks/results/compile-report.md
                                                    # (with Triton 3.6, as on the GPU machine)
@@ -24,7 +24,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -152,51 +151,41 @@ class _TargetOnly:
         return 0
 
 
-def _tool(name):
-    import triton
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+def _keep_ptxas_reports():
+    """Triton runs ptxas -v on each kernel it compiles and drops what it reports (registers,
+    spill stores, stack frame) unless told to print it: here it prints into the kernel's
+    metadata, which Triton's cache keeps beside the binary. One ptxas run a binary, Triton's own
+    (running ptxas again with the options rebuilt from Triton's source gave other spill counts
+    under newer Triton). These binaries go to a folder of their own in Triton's cache, so a
+    binary compiled elsewhere (a run of the kernels) without the report is never read here."""
+    import contextlib
+    import io
 
-
-def _registers(cubin: bytes) -> int:
-    """The registers of the cubin's kernel, from cuobjdump."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        out = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True,
-                             check=True).stdout
-    return int(re.search(r"\bREG:(\d+)", out).group(1))
-
-
-def _ptxas_options(compiled) -> list:
-    """The options Triton's make_cubin passes ptxas, as this Triton version passes them."""
-    import inspect
-
+    from triton import knobs
     from triton.backends.nvidia.compiler import CUDABackend
-    options = ["-lineinfo"] + ([] if compiled.metadata.enable_fp_fusion else ["--fmad=false"])
-    if "--regAllocOptLevel=2" in inspect.getsource(CUDABackend.make_cubin):  # newer Triton, every kernel
-        options.append("--regAllocOptLevel=2")
-    return options + (compiled.metadata.ptx_options.split() if compiled.metadata.ptx_options else [])
+    make_cubin = CUDABackend.make_cubin
+
+    def reporting(self, src, metadata, opt, capability):
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            cubin = make_cubin(self, src, metadata, opt, capability)
+        metadata["ptxas_report"] = log.getvalue()
+        return cubin
+    knobs.nvidia.dump_ptxas_log = True  # make_cubin's only use of it: print the log
+    knobs.cache.dir = os.path.join(knobs.cache.dir, "compile-report")
+    CUDABackend.make_cubin = reporting
 
 
-def _ptxas(compiled, arch) -> dict:
-    """Registers, spilled bytes (stores) and stack frame of the kernel, from ptxas -v run on its
-    PTX as Triton runs it (checked against the registers of Triton's own cubin). The stack frame
-    alone is no measure of spilling: a call to a slow path (fp32 division's, for one) takes a
-    frame with nothing spilled."""
-    from triton.backends.nvidia.compiler import get_ptxas
-    ptx = compiled.asm["ptx"]
-    target = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "kernel.ptx")
-        Path(src).write_text(ptx)
-        proc = subprocess.run([get_ptxas(arch).path, *_ptxas_options(compiled), "-v", f"--gpu-name={target}", src,
-                               "-o", src + ".o"], capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"ptxas failed on {compiled.name}:\n{proc.stdout}{proc.stderr}")
-    used = re.search(r"Used (\d+) registers", proc.stderr)
-    frame, stores = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", proc.stderr).groups()
-    if int(used.group(1)) != _registers(compiled.asm["cubin"]):
-        raise RuntimeError(f"ptxas -v compiled {compiled.name} otherwise than Triton did")
+def _ptxas(compiled) -> dict:
+    """Registers, spilled bytes (stores) and stack frame from the ptxas -v report Triton's
+    compile left in the kernel's metadata. The stack frame alone is no measure of spilling: a
+    call to a slow path (fp32 division's, for one) takes a frame with nothing spilled."""
+    report = getattr(compiled.metadata, "ptxas_report", None)
+    if report is None:
+        raise RuntimeError(f"{compiled.name}: Triton's cache holds it without ptxas' report; compiled with other "
+                           "options than this script's?")
+    used = re.search(r"Used (\d+) registers", report)
+    frame, stores = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", report).groups()
     return dict(regs=int(used.group(1)), spill=int(stores), stack=int(frame))
 
 
@@ -207,7 +196,7 @@ def _mma(ptx):
 
 def _row(kernel, config, arch, compiled):
     ptx = compiled.asm["ptx"]
-    res = _ptxas(compiled, arch)
+    res = _ptxas(compiled)
     warps = compiled.metadata.num_warps  # a warp-specialized loop adds warp groups to the config's
     programs = occupancy(res["regs"], warps, compiled.metadata.shared, arch)
     return dict(kernel=kernel, arch=arch, config=config, **res, shared=compiled.metadata.shared,
@@ -229,6 +218,7 @@ def compile_launches(names, archs=ARCHS, config=None) -> list:
     autotuner's own configs."""
     import triton
     from triton.runtime.driver import driver
+    _keep_ptxas_reports()
     rows = {}
     for name, launch in _launches():
         if name not in names:
@@ -276,12 +266,16 @@ def collect(jobs=2, archs=ARCHS, names=None, config=None) -> list:
             raise RuntimeError(f"compiling {part} failed:\n{proc.stderr[-4000:]}")
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    # Launches that differ only in N compile the same binaries: one worker takes them all, so
-    # the others hit Triton's cache instead of compiling them again at the same time.
+    # Launches that differ only in N compile the same binaries, and token drop's two widths
+    # share three kernels: one worker takes each such group, so that its launches after the
+    # first hit Triton's cache instead of compiling the same binaries again in another worker.
     groups = {}
     for name in names:
-        groups.setdefault(re.sub(r" N=\d+", "", name), []).append(name)
-    parts = [sum(list(groups.values())[i::jobs], []) for i in range(jobs)]
+        groups.setdefault(re.sub(r" [ND]=\d+", "", name), []).append(name)
+    # Dealt out in turn, the heaviest first (training compiles four kernels, bf16 the largest):
+    # in launch order one worker got every training group and ran alone for most of the time.
+    heavy_first = sorted(groups.values(), key=lambda g: (" train" not in g[0], "bf16" not in g[0]))
+    parts = [sum(heavy_first[i::jobs], []) for i in range(jobs)]
     with ThreadPoolExecutor(jobs) as pool:
         merged = {}
         for rows in pool.map(worker, [p for p in parts if p]):
@@ -325,13 +319,13 @@ def sliver(row) -> int:
     return fewest
 
 
-def problems(rows, spills=True) -> list:
-    """One line per binary that spills (unless spills=False), cannot launch, or has a program
-    whose real rows are under a quarter of its block."""
+def problems(rows) -> list:
+    """One line per binary that spills, cannot launch, or has a program whose real rows are under
+    a quarter of its block."""
     bad = []
     for r in rows:
         where = f"{r['kernel']} sm_{r['arch']} {r['config']} ({r['launches'][0]})"
-        if r["spill"] and spills:
+        if r["spill"]:
             bad.append(f"{where}: {r['spill']} bytes spilled ({r['regs']} registers)")
         if not r["programs_per_sm"]:
             bad.append(f"{where}: cannot launch ({r['regs']} registers, {r['shared']} bytes of shared memory)")

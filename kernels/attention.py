@@ -437,9 +437,14 @@ HOPPER_TMA = [(4, 2, False), (4, 3, False), (4, 2, True), (4, 3, True)]
 # Forward: query rows per program x key step. dkdv: query step x keys per program. dq: rows per
 # program x key step. 16-bit inputs (tensor-core dots): tiles a program keeps (q and its
 # accumulator, or k, v, dk, dv) in registers without spilling, dropout included, at d = 48 and
-# 64 as launched (tests/test_compile.py).
+# 64 as launched (tests/test_compile.py), under triton 3.6 and the newer one CI installs. That
+# one's sm_80 ptxas holds a tile it could fit in 130-170 registers to 128 with a few bytes
+# spilled, so the small sm_80 tiles are those neither spills: the forward's 32 x 64 at 4 warps
+# (at 8 it spills), no 32 x 32 forward (at 4 or 8 warps, 1 or 2 stages, one of the two
+# spills), the dq's 32 x 32 with 1 stage (with 2 it spills), no 128 x 32 dq (255 registers and
+# a spill with 1 stage or 2).
 _fwd = _tuned(_attn_fwd, sm90=[(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 2)],
-              sm80=[(128, 64, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)],
+              sm80=[(128, 64, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2)],
               sm90_tma=HOPPER_TMA)
 # Each config accumulates the softmax over keys in its own order, and autotuning picks one by
 # timing in each process: generation (no dropout) would then round differently across
@@ -449,13 +454,14 @@ _fwd_fixed = _tuned(_attn_fwd, sm90=[(64, 64, 4, 2)], sm80=[(64, 64, 8, 2)])
 _dkdv = _tuned(_attn_bwd_dkdv, sm90=[(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2)],
                sm80=[(32, 32, 4, 2), (16, 64, 4, 2)])
 _dq = _tuned(_attn_bwd_dq, sm90=[(64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2)],
-             sm80=[(128, 32, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)])
+             sm80=[(32, 64, 8, 2), (32, 32, 4, 1)])
 # fp32 ("ieee" dots on the FMA units, operands in registers): the tiles above spill 1-15 KB per
-# thread; small tiles without pipelining fit (a 32 x 32 forward spills at d = 48).
+# thread; small tiles without pipelining fit (a 32 x 32 forward spills at d = 48; on sm_80 a
+# 32 x 32 dk/dv spills under the newer Triton at 4 warps, and under 3.6 at 8: 16 x 32 fits).
 _fwd_ieee = _tuned(_attn_fwd, sm90=[(16, 16, 4, 1), (32, 16, 4, 1)], sm80=[(16, 16, 4, 1)])
 _fwd_fixed_ieee = _tuned(_attn_fwd, sm90=[(16, 16, 4, 1)], sm80=[(16, 16, 4, 1)])
 _dkdv_ieee = _tuned(_attn_bwd_dkdv, sm90=[(32, 32, 4, 1), (16, 16, 4, 1)],
-                    sm80=[(32, 32, 4, 1), (16, 16, 4, 1)])
+                    sm80=[(16, 32, 4, 1), (16, 16, 4, 1)])
 _dq_ieee = _tuned(_attn_bwd_dq, sm90=[(32, 32, 4, 1), (32, 16, 4, 2)], sm80=[(32, 32, 4, 1), (32, 16, 4, 2)])
 _KERNELS = {"tf32": dict(fwd=_fwd, fwd_fixed=_fwd_fixed, dkdv=_dkdv, dq=_dq),
             "ieee": dict(fwd=_fwd_ieee, fwd_fixed=_fwd_fixed_ieee, dkdv=_dkdv_ieee, dq=_dq_ieee)}

@@ -1,6 +1,7 @@
 """Peak bf16 dense throughput, HBM bandwidth and exp2 rate of the GPUs we report on
 (docs/kernels.md#peak-figures), to state achieved TFLOP/s and GB/s as a fraction of what the device can do,
-and a kernel's time bound as the slowest of the three units it needs."""
+and a kernel's time bound as the slowest of the three units it needs (of_bound: the fraction of that
+bound a measured time reaches, for every report that shows one)."""
 from dataclasses import dataclass
 from typing import Optional
 
@@ -34,3 +35,14 @@ def roofline_for(device_name: str) -> Optional[Roofline]:
             return roof
     return None
 
+
+
+def of_bound(roofline: Optional[dict], work: dict, ms: float) -> Optional[float]:
+    """The least time `work` allows on the device over the measured `ms`: 1 at the bound. work
+    holds what the kernel executes (executed_flop, nbytes, exp2: mage_fast.bench.flops.attention_work,
+    padding and recomputation counted); roofline is a device record's (Roofline's fields), None
+    off a known GPU, which gives None, as the other fractions of peak do."""
+    if not roofline:
+        return None
+    least = Roofline(**roofline).bound_seconds(work["executed_flop"], work["nbytes"], work["exp2"])
+    return least * 1e3 / ms

@@ -54,6 +54,8 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
     for kernel in ("attention", "vq", "token_drop", "decode_step", "mlm_loss"):
         rows = record["sections"][kernel]
         assert speedup_bars(kernel, rows), kernel  # our rows follow the scripts' shared convention
+    assert "of_bound" in record["columns"]["attention"]
+    assert all(r["of_bound"] is None for r in record["sections"]["attention"] if "ms" in r)  # no roofline: null
     assert (tmp_path / (next(tmp_path.glob("cpu-*[0-9].json")).stem + ".md")).exists()
 
 
@@ -208,6 +210,36 @@ def test_attainable_roofline_at_an_arithmetic_intensity():
     assert measure.attainable_tflops(h100, 4 * n * n * d, 4 * n * d * 2) == pytest.approx(128.5 * 3.35)
     assert measure.attainable_tflops(h100, 1e15, 1e9) == 989.0              # compute-bound: the peak
     assert measure.attainable_tflops({"roofline": None}, 1.0, 1.0) is None
+
+
+def test_attention_rows_report_against_the_recounted_bound(monkeypatch, tmp_path):
+    """bench_attention's of_bound is mage_fast.roofline.of_bound of the padded, recomputed work
+    on the record's device (an H100 SXM here), null in strict JSON where no roofline is known."""
+    import os
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    try:
+        import bench_attention
+    finally:
+        sys.path.pop(0)
+    from mage_fast.bench.report import write
+    from mage_fast.ops.attention import attention_ref
+    from mage_fast.roofline import of_bound
+    monkeypatch.setattr(bench_attention, "measure", lambda make, q, k, v, do, mode: ({"ms": 0.5}, q))
+    impls = {"mage_fast": lambda q, k, v: ([q, k, v], attention_ref)}
+    h100 = {"device": "NVIDIA H100 80GB HBM3", "roofline": roofline_for("NVIDIA H100 80GB HBM3").__dict__}
+    rows = bench_attention.bench_shape(impls, "B-dec", 4, 16, 257, 48, torch.float32, "cpu", h100)
+    assert [r["mode"] for r in rows] == ["fwd", "fwd+bwd"]
+    for r in rows:
+        work = flops.attention_work(4, 16, 257, 48, backward=r["mode"] == "fwd+bwd")
+        assert r["of_bound"] == of_bound(h100["roofline"], work, 0.5)
+        # The bound is the slowest unit: at d = 48 padded to 64, more than the useful FLOPs allow.
+        assert r["of_bound"] > work["flop"] / 989e12 * 1e3 / 0.5
+    cpu = {**measure.device_record(), "device": "cpu", "roofline": None}
+    rows = bench_attention.bench_shape(impls, "B-dec", 1, 2, 33, 48, torch.float32, "cpu", cpu)
+    assert [r["of_bound"] for r in rows] == [None, None]
+    path = write(str(tmp_path), cpu, {"attention": (rows, bench_attention.COLUMNS)}, "attention")
+    saved = strict_json(open(path + ".json").read())["sections"]["attention"]
+    assert [r["of_bound"] for r in saved] == [None, None] and "of_bound | err" in open(path + ".md").read()
 
 
 @pytest.mark.parametrize("name,roof,tflops,tbps", [
